@@ -1,0 +1,40 @@
+"""Input checks shared by the served (pyfunc) models: bad requests get a 400 and one line."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+# Our pyfuncs declare explicit signatures; MLflow's advice to use type hints instead is noise.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+
+
+def bad_request(message: str) -> MlflowException:
+    """MLflow's scoring server answers this with HTTP 400 and the message."""
+    return MlflowException.invalid_parameter_value(message)
+
+
+def text_column(model_input: Any, column: str, max_chars: int) -> list[str]:
+    """The strings of `column` from a DataFrame (or a list of strings, or one string)."""
+    if isinstance(model_input, str):
+        texts = [model_input]
+    elif isinstance(model_input, pd.DataFrame):
+        if column not in model_input.columns:
+            raise bad_request(f"input has no column '{column}' (got {list(model_input.columns)})")
+        texts = model_input[column].tolist()
+    elif isinstance(model_input, (list, tuple, pd.Series)):
+        texts = list(model_input)
+    else:
+        raise bad_request(
+            f"expected a column '{column}' of strings, got {type(model_input).__name__}"
+        )
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise bad_request(f"row {row}: '{column}' must be a string, got {type(text).__name__}")
+    total = sum(len(t) for t in texts)
+    if total > max_chars:
+        raise bad_request(f"input has {total} characters; the limit per request is {max_chars}")
+    return texts

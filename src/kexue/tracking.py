@@ -1,0 +1,200 @@
+"""The one place that talks to MLflow: runs, metrics, artifacts, registered models.
+
+Default store: `sqlite:///<project>/mlruns.db` with artifacts in `<project>/mlartifacts`.
+`MLFLOW_TRACKING_URI` points everything at a team's server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kexue.errors import TrackingError
+
+CHAMPION = "champion"
+# dvc exp run --temp / --queue copies the repo to <project>/.dvc/tmp/exps/<run>/: runs made
+# there must still land in the project's own store, not in the copy that DVC deletes.
+_DVC_EXPS = (".dvc", "tmp", "exps")
+
+
+def project_root(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for parent in [here, *here.parents]:
+        if parent.parts[-3:] == _DVC_EXPS:
+            return parent.parent.parent.parent
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns.db'}"
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def connect() -> Any:
+    """Point MLflow at the store and check it answers, so a stage fails before training."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if not _is_local_store(uri):
+        # One quick attempt instead of MLflow's minutes of retries against a dead server.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        mlflow.search_experiments(max_results=1)
+    except Exception as err:  # any transport or store failure means the same to the user
+        reason = " ".join(str(err).split())[:200]
+        raise TrackingError(
+            f"MLflow tracking store {_redact(uri)} is not reachable: {reason}"
+        ) from None
+    return mlflow
+
+
+def _redact(uri: str) -> str:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def _experiment_id(mlflow, name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if _is_local_store(tracking_uri()):
+        location = (project_root() / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+@contextlib.contextmanager
+def stage_run(model: str, stage: str, params: dict[str, Any], data_hash: str) -> Iterator[Any]:
+    """One MLflow run for one DVC stage, in experiment `kexue-<model>`."""
+    mlflow = connect()
+    tags = {
+        "kexue.model": model,
+        "dvc.stage": f"{stage}_{model}",
+        "git.commit": git_commit(),
+        "data.sha256": data_hash,
+    }
+    experiment_id = _experiment_id(mlflow, f"kexue-{model}")
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{stage}_{model}", tags=tags
+    ) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        yield run
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, folder: str | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def register_model(
+    model_info: Any,
+    name: str,
+    description: str,
+    score_name: str,
+    score: float,
+    tags: dict[str, str],
+) -> tuple[str, bool]:
+    """Register a logged model version; move `champion` to it if its score is at least the
+    current champion's. Returns (version, became_champion)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        client.create_registered_model(name, description=description)
+    version = mlflow.register_model(
+        model_info.model_uri, name, tags={**tags, score_name: str(score)}
+    )
+    champion_score = _champion_score(client, name, score_name)
+    promote = champion_score is None or score >= champion_score
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.update_registered_model(name, description=description)
+    return str(version.version), promote
+
+
+def _champion_score(client, name: str, score_name: str) -> float | None:
+    import mlflow
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    value = champion.tags.get(score_name)
+    return float(value) if value is not None else None
+
+
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
+def pip_requirements() -> list[str]:
+    """The served model's environment: this project's runtime dependencies, pinned as installed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = []
+    for spec in metadata.requires("kexue") or []:
+        requirement = Requirement(spec)
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            pins.append(f"{requirement.name}=={metadata.version(requirement.name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
+    """Save a pyfunc model to `out_dir` (atomically) and log the same model to the active run."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    import kexue
+
+    kwargs = {
+        **model_kwargs,
+        "code_paths": [str(Path(kexue.__file__).parent)],
+        "pip_requirements": pip_requirements(),
+    }
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        mlflow.pyfunc.save_model(path=str(staging / "model"), **kwargs)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        (staging / "model").rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return mlflow.pyfunc.log_model(name="model", **kwargs)

@@ -1,0 +1,32 @@
+"""DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags."""
+
+import argparse
+from pathlib import Path
+
+from _common import model_config, run
+
+from kexue import io, params, tracking, training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--vocab", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--curves", type=Path, required=True, help="per-epoch CSV (a DVC plot)")
+    args = parser.parse_args()
+    all_params, module, config = model_config(args.model)
+    runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
+    logged = params.flatten(
+        {"profile": all_params.get("profile"), "runtime": runtime, args.model: config}
+    )
+    data_hash = io.hash_paths([args.data, args.vocab])
+    with tracking.stage_run(args.model, "train", logged, data_hash):
+        summary = module.train(config, runtime, args.data, args.vocab, args.model_dir, args.curves)
+        tracking.log_metrics(summary)
+        tracking.log_artifact(args.curves, "plots")
+
+
+if __name__ == "__main__":
+    run(main)

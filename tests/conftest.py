@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny learnable corpus and a tiny trained segmenter (seconds to build)."""
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+# Words with no shared characters, so a tiny model can learn every boundary.
+TINY_WORDS = ["我们", "喜欢", "北京", "公园", "散步", "很", "好", "图书馆", "。"]
+
+
+def tiny_corpus_lines(n_lines: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        words = [rng.choice(TINY_WORDS[:-1]) for _ in range(rng.randint(2, 6))] + ["。"]
+        lines.append("  ".join(f"{w}/x" for w in words))
+    return lines
+
+
+def tiny_crf_config():
+    """The project's crf config shrunk to train in seconds."""
+    from kexue import params
+    from kexue.models import crf
+
+    config = params.parse(crf.Config, params.block(params.load(REPO / "params.yaml"), "crf"), "crf")
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, embedding_dim=16, conv_filters=16, conv_layers=1),
+        train=dataclasses.replace(config.train, epochs=12, batch_size=16, learning_rate=0.02),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_crf(tmp_path_factory):
+    """A tiny CNN+CRF trained on the tiny corpus: paths to its data, vocab and model."""
+    from kexue import training
+    from kexue.models import crf
+
+    root = tmp_path_factory.mktemp("crf")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(tiny_corpus_lines(300, seed=1)) + "\n", encoding="utf-8")
+    config = tiny_crf_config()
+    crf.prepare(config, corpus, root / "data")
+    crf.build_vocab(config, root / "data").save(root / "vocab.json")
+    runtime = training.RuntimeConfig(
+        seed=1,
+        strategy="cpu",
+        mixed_precision="off",
+        deterministic=False,
+        backup_dir=str(root / "backup"),
+        download_dir=str(root / "downloads"),
+    )
+    crf.train(
+        config, runtime, root / "data", root / "vocab.json", root / "model", root / "curves.csv"
+    )
+    return {
+        "root": root,
+        "config": config,
+        "data": root / "data",
+        "vocab": root / "vocab.json",
+        "model_dir": root / "model",
+    }
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri

@@ -1,0 +1,179 @@
+"""Real DVC in a temp git repo: the crf branch of the pipeline on a tiny `dvc add`-ed corpus.
+
+Checks that `dvc repro` builds, does nothing when nothing changed, reruns exactly the stages
+a change touches, and that `dvc exp run --temp` logs into the project's own MLflow store.
+"""
+
+import re
+import shutil
+import sqlite3
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO, tiny_corpus_lines
+from servers import tool_env
+
+pytestmark = pytest.mark.slow
+
+CRF_BRANCH = ["prepare_crf", "vocab@crf", "train_crf", "evaluate_crf", "export_crf"]
+
+
+def run(cwd, *command, check=True):
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+ENV = tool_env(
+    {
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        "MLFLOW_TRACKING_URI": "",
+        "DVC_NO_ANALYTICS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+)
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def set_params(repo, changes: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+
+
+def mlflow_runs(repo) -> list[tuple[str, str]]:
+    with sqlite3.connect(repo / "mlruns.db") as db:
+        return db.execute("select name, status from runs order by start_time").fetchall()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]:
+        shutil.copy(REPO / name, repo / name)
+    for folder in ["stages", "src"]:
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "data").mkdir()
+    shutil.copy(REPO / "data" / "jieba_userdict.txt", repo / "data")
+    (repo / "data" / "user").mkdir()
+    (repo / "data" / "user" / "corpus.txt").write_text(
+        "\n".join(tiny_corpus_lines(200, seed=3)) + "\n"
+    )
+    set_params(
+        repo,
+        {
+            "crf.corpus": "data/user/corpus.txt",
+            "crf.model.embedding_dim": 16,
+            "crf.model.conv_filters": 16,
+            "crf.model.conv_layers": 1,
+            "crf.train.epochs": 3,
+            "crf.train.batch_size": 16,
+        },
+    )
+    run(repo, "git", "init", "-q")
+    run(repo, "dvc", "init", "-q")
+    run(repo, "dvc", "add", "-q", "data/user/corpus.txt")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "tiny project")
+    return repo
+
+
+def test_repro_builds_the_crf_branch_and_registers_a_champion(repo):
+    result = run(repo, "dvc", "repro", "export_crf")
+    assert stages_run(result.stdout) == CRF_BRANCH
+    metrics = yaml.safe_load((repo / "metrics" / "crf.json").read_text())
+    assert {"precision", "recall", "f1", "jieba_precision", "jieba_recall", "jieba_f1"} <= set(
+        metrics
+    )
+    assert (repo / "models" / "crf" / "pyfunc" / "MLmodel").is_file()
+    assert [name for name, _ in mlflow_runs(repo)] == ["train_crf", "evaluate_crf", "export_crf"]
+    with sqlite3.connect(repo / "mlruns.db") as db:
+        assert db.execute("select alias from registered_model_aliases").fetchall() == [
+            ("champion",)
+        ]
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "built")
+
+
+def test_second_repro_does_nothing(repo):
+    result = run(repo, "dvc", "repro", "export_crf")
+    assert stages_run(result.stdout) == []
+    assert len(mlflow_runs(repo)) == 3
+
+
+def test_training_param_reruns_only_train_evaluate_export(repo):
+    set_params(repo, {"crf.train.epochs": 2})
+    result = run(repo, "dvc", "repro", "export_crf")
+    assert stages_run(result.stdout) == ["train_crf", "evaluate_crf", "export_crf"]
+
+
+def test_replacing_the_dvc_tracked_corpus_reruns_its_dependents(repo):
+    (repo / "data" / "user" / "corpus.txt").write_text(
+        "\n".join(tiny_corpus_lines(200, seed=4)) + "\n"
+    )
+    run(repo, "dvc", "add", "-q", "data/user/corpus.txt")
+    result = run(repo, "dvc", "repro", "export_crf")
+    assert stages_run(result.stdout) == CRF_BRANCH
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "new corpus")
+
+
+def test_exp_run_in_a_temp_workspace_logs_to_the_project_store(repo):
+    before = len(mlflow_runs(repo))
+    run(repo, "dvc", "exp", "run", "--temp", "-S", "crf.train.epochs=1", "export_crf")
+    runs = mlflow_runs(repo)
+    assert [name for name, _ in runs[before:]] == ["train_crf", "evaluate_crf", "export_crf"]
+    assert all(status == "FINISHED" for _, status in runs)
+    assert not list((repo / ".dvc" / "tmp").rglob("mlruns.db"))
+
+
+def test_wrong_param_type_fails_with_one_line_naming_the_key(repo):
+    set_params(repo, {"crf.train.epochs": "three"})
+    result = run(
+        repo,
+        "python",
+        "stages/train.py",
+        "crf",
+        "--data",
+        "data/prepared/crf",
+        "--vocab",
+        "data/vocab/crf.json",
+        "--model-dir",
+        "models/crf",
+        "--curves",
+        "plots/crf/train.csv",
+        check=False,
+    )
+    set_params(repo, {"crf.train.epochs": 2})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: crf.train.epochs: expected int, got str 'three'"
+    )
+
+
+def test_missing_corpus_fails_with_one_line_naming_the_file(repo, tmp_path):
+    result = run(
+        repo,
+        "python",
+        "stages/prepare.py",
+        "crf",
+        "data/user/missing.txt",
+        str(tmp_path / "out"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: data/user/missing.txt: file not found"
+    assert not (tmp_path / "out").exists()

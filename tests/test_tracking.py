@@ -1,0 +1,140 @@
+"""MLflow for real: a SQLite store, runs with tags, registry aliases, pyfunc, a served model."""
+
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from servers import free_port, serve
+
+from kexue import tracking
+from kexue.models import crf
+
+
+def export(trained_crf, out_dir, score):
+    """One export run: log the pyfunc, register it with `score` as its test F1."""
+    config = trained_crf["config"]
+    with tracking.stage_run("crf", "export", {"test": 1}, data_hash="abc") as run:
+        info = tracking.export_pyfunc(
+            out_dir, crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"])
+        )
+        version, champion = tracking.register_model(
+            info, "kexue-crf", crf.DESCRIPTION, "f1", score, {}
+        )
+    return run, version, champion
+
+
+def test_champion_moves_only_to_a_version_at_least_as_good(trained_crf, mlflow_store, tmp_path):
+    run, first, crowned = export(trained_crf, tmp_path / "v1", score=0.90)
+    assert (first, crowned) == ("1", True)
+    assert export(trained_crf, tmp_path / "v2", score=0.85)[1:] == ("2", False)
+    assert export(trained_crf, tmp_path / "v3", score=0.90)[1:] == ("3", True)
+
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("kexue-crf", "champion").version) == "3"
+    assert "word segmenter" in client.get_registered_model("kexue-crf").description
+    tags = client.get_run(run.info.run_id).data.tags
+    assert (
+        tags["dvc.stage"] == "export_crf" and tags["data.sha256"] == "abc" and "git.commit" in tags
+    )
+
+
+def test_runs_log_params_and_per_epoch_metrics(mlflow_store):
+    with tracking.stage_run("crf", "train", {"crf.train.epochs": 2}, data_hash="h") as run:
+        for epoch, loss in enumerate([3.0, 2.0], start=1):
+            tracking.log_metrics({"loss": loss}, step=epoch)
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 3.0), (2, 2.0)]
+    assert client.get_run(run.info.run_id).data.params["crf.train.epochs"] == "2"
+    experiment = client.get_experiment_by_name("kexue-crf")
+    assert experiment.artifact_location.endswith("mlartifacts/kexue-crf")
+
+
+def test_default_store_is_the_project_even_inside_a_dvc_temp_workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert tracking.project_root() == (tmp_path / "project").resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'project').resolve()}/mlruns.db"
+
+
+def test_unreachable_server_fails_fast_with_one_line(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(
+        tracking.TrackingError,
+        match=r"MLflow tracking store http://127\.0\.0\.1:\d+ is not reachable",
+    ):
+        tracking.connect()
+
+
+def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_store):
+    export(trained_crf, tmp_path / "pyfunc", score=0.9)
+    model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    out = model.predict(pd.DataFrame({"text": ["我们喜欢北京公园。", ""]}))
+    assert out["words"].tolist() == [["我们", "喜欢", "北京", "公园", "。"], []]
+    champion = mlflow.pyfunc.load_model(tracking.champion_uri("kexue-crf"))
+    assert champion.predict(pd.DataFrame({"text": ["散步"]}))["words"].tolist() == [["散步"]]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        model.predict(pd.DataFrame({"text": [12]}))
+
+
+@pytest.mark.slow
+def test_served_model_answers_json_and_rejects_malformed_input(trained_crf, tmp_path, mlflow_store):
+    export(trained_crf, tmp_path / "pyfunc", score=0.9)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        str(tmp_path / "pyfunc"),
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
+        answer = requests.post(
+            f"{url}/invocations",
+            json={
+                "dataframe_split": {
+                    "columns": ["text"],
+                    "data": [["我们喜欢北京公园。"], ["图书馆很好"]],
+                }
+            },
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == [
+            {"words": ["我们", "喜欢", "北京", "公园", "。"]},
+            {"words": ["图书馆", "很", "好"]},
+        ]
+
+        malformed = requests.post(
+            f"{url}/invocations",
+            data="{not json",
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert 400 <= malformed.status_code < 500
+        assert "message" in malformed.json()
+
+        wrong_type = requests.post(
+            f"{url}/invocations",
+            json={"dataframe_split": {"columns": ["text"], "data": [[3]]}},
+            timeout=30,
+        )
+        assert 400 <= wrong_type.status_code < 500
+        assert "text" in wrong_type.json()["message"]
+
+        # Still answering after bad requests.
+        again = requests.post(f"{url}/invocations", json={"inputs": {"text": ["散步"]}}, timeout=30)
+        assert again.status_code == 200 and again.json()["predictions"] == [{"words": ["散步"]}]
