@@ -1,6 +1,8 @@
 """DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags."""
 
 import argparse
+import dataclasses
+import hashlib
 from pathlib import Path
 
 from _common import model_config, run
@@ -22,6 +24,10 @@ def main() -> None:
         {"profile": all_params.get("profile"), "runtime": runtime, args.model: config}
     )
     data_hash = io.hash_paths([args.data, args.vocab])
+    # Resume only the very same training: other data or params start afresh.
+    fingerprint = hashlib.sha256(f"{data_hash}{sorted(logged.items())}".encode()).hexdigest()
+    backup_dir = Path(runtime.backup_dir) / f"{args.model}-{fingerprint[:16]}"
+    runtime = dataclasses.replace(runtime, backup_dir=str(backup_dir))
     with tracking.stage_run(args.model, "train", logged, data_hash):
         summary = module.train(config, runtime, args.data, args.vocab, args.model_dir, args.curves)
         tracking.log_metrics(summary)

@@ -46,7 +46,7 @@ def trained_crf(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(tiny_corpus_lines(300, seed=1)) + "\n", encoding="utf-8")
     config = tiny_crf_config()
-    crf.prepare(config, corpus, root / "data")
+    crf.prepare(config, [corpus], root / "data")
     crf.build_vocab(config, root / "data").save(root / "vocab.json")
     runtime = training.RuntimeConfig(
         seed=1,

@@ -170,8 +170,8 @@ def test_missing_corpus_fails_with_one_line_naming_the_file(repo, tmp_path):
         "python",
         "stages/prepare.py",
         "crf",
-        "data/user/missing.txt",
         str(tmp_path / "out"),
+        "data/user/missing.txt",
         check=False,
     )
     assert result.returncode == 1

@@ -70,3 +70,9 @@ def test_split_sentences_respects_the_length_cap():
     pieces = split_sentences(words, max_chars=4)
     assert all(sum(map(len, p)) <= 4 for p in pieces)
     assert [w for p in pieces for w in p] == words
+
+
+def test_full_width_maps_ascii_like_peoples_daily():
+    from kexue.text.segmentation import full_width
+
+    assert full_width("1998年, OK") == "１９９８年， ＯＫ"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
+
 from kexue import tracking
 from kexue.errors import KexueError
 
@@ -37,7 +39,7 @@ def segment(args: argparse.Namespace) -> None:
     if not texts:
         return
     model = _load(args.model or tracking.champion_uri(SEGMENTER))
-    for words in model.predict({"text": texts})["words"]:
+    for words in model.predict(pd.DataFrame({"text": texts}))["words"]:
         print(" ".join(words))
 
 

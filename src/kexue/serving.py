@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
-
-# Our pyfuncs declare explicit signatures; MLflow's advice to use type hints instead is noise.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 def bad_request(message: str) -> MlflowException:

@@ -23,7 +23,15 @@ import tensorflow as tf
 from kexue import io, serving, training
 from kexue.data.corpora import read_segmented, split_sentences
 from kexue.layers.crf import CRF
-from kexue.text.segmentation import BMES, TAG_ID, Jieba, WordScores, bmes_tags, words_from_tags
+from kexue.text.segmentation import (
+    BMES,
+    TAG_ID,
+    Jieba,
+    WordScores,
+    bmes_tags,
+    full_width,
+    words_from_tags,
+)
 from kexue.text.vocab import Vocabulary
 
 MODEL_FILE = "model.keras"
@@ -92,9 +100,9 @@ class Config:
 # -- data ---------------------------------------------------------------------------------
 
 
-def prepare(config: Config, corpus: Path, out_dir: Path) -> dict[str, int]:
+def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """Split the corpus by paragraph into train/test, then into sentences (one per line)."""
-    paragraphs = read_segmented(corpus)
+    paragraphs = [words for corpus in corpora for words in read_segmented(corpus)]
     random.Random(config.data.split_seed).shuffle(paragraphs)
     n_test = max(1, round(len(paragraphs) * config.data.test_fraction))
     splits = {"test": paragraphs[:n_test], "train": paragraphs[n_test:]}
@@ -117,15 +125,19 @@ def char_sequences(sentences: list[list[str]]) -> list[str]:
 
 
 def build_vocab(config: Config, data_dir: Path) -> Vocabulary:
-    chars = char_sequences(read_sentences(data_dir / "train.txt"))
+    chars = [full_width(text) for text in char_sequences(read_sentences(data_dir / "train.txt"))]
     return Vocabulary.build(chars, config.vocab.min_count, config.vocab.max_size)
+
+
+def encode_chars(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(full_width(text))
 
 
 def make_dataset(
     sentences: list[list[str]], vocab: Vocabulary, train: TrainConfig, seed: int, shuffle: bool
 ) -> tf.data.Dataset:
     """Batches of (char ids padded with 0, BMES tag ids padded with -1), grouped by length."""
-    ids = tf.ragged.constant([vocab.encode("".join(s)) for s in sentences], dtype=tf.int32)
+    ids = tf.ragged.constant([encode_chars(vocab, "".join(s)) for s in sentences], dtype=tf.int32)
     tags = tf.ragged.constant(
         [[TAG_ID[t] for t in bmes_tags(s)] for s in sentences], dtype=tf.int32
     )
@@ -206,7 +218,7 @@ def train(
         make_dataset(validation, vocab, train_config, runtime.seed, shuffle=False),
         epochs=config.train.epochs,
         curves_path=curves_file,
-        backup_dir=Path(runtime.backup_dir) / "crf",
+        backup_dir=Path(runtime.backup_dir),
     )
     if training.is_chief():
         with io.atomic_path(model_dir / MODEL_FILE) as tmp:
@@ -244,7 +256,7 @@ class Segmenter:
             width = len(texts[chunk[-1]])
             ids = np.zeros((len(chunk), width), dtype=np.int32)
             for row, i in enumerate(chunk):
-                ids[row, : len(texts[i])] = self.vocab.encode(texts[i])
+                ids[row, : len(texts[i])] = encode_chars(self.vocab, texts[i])
             paths = self._decode(tf.constant(ids)).numpy()
             for row, i in enumerate(chunk):
                 tags[i] = "".join(BMES[t] for t in paths[row, : len(texts[i])])
@@ -303,7 +315,7 @@ class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
             context.artifacts["model"], context.artifacts["vocab"], settings["batch_size"]
         )
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = serving.text_column(model_input, "text", self.max_chars)
         return pd.DataFrame({"words": self.segmenter.segment(texts)})
 
