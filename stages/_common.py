@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from kexue import models, params
 from kexue.errors import KexueError
+
+PATH_OPTIONS = {
+    "data": "the model's prepared data folder",
+    "vocab": "the model's vocabulary (JSON)",
+    "model-dir": "folder of the trained model",
+    "curves": "per-epoch CSV (a DVC plot)",
+    "metrics": "JSON for `dvc metrics`",
+    "plots": "folder for `dvc plots`",
+    "out": "folder for the MLflow model",
+}
+
+
+def stage_args(description: str, *path_options: str) -> argparse.Namespace:
+    """Parse `MODEL --option PATH ...` for a stage that works on one model."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("model", choices=models.MODELS)
+    for option in path_options:
+        parser.add_argument(f"--{option}", type=Path, required=True, help=PATH_OPTIONS[option])
+    return parser.parse_args()
 
 
 def model_config(name: str) -> tuple[dict, ModuleType, object]:

@@ -1,22 +1,12 @@
 """DVC stage evaluate_<model>: score the trained model on the held-out split."""
 
-import argparse
-from pathlib import Path
-
-from _common import model_config, run
+from _common import model_config, run, stage_args
 
 from kexue import io, params, tracking
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--vocab", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON for `dvc metrics`")
-    parser.add_argument("--plots", type=Path, required=True, help="folder for `dvc plots`")
-    args = parser.parse_args()
+    args = stage_args(__doc__, "data", "vocab", "model-dir", "metrics", "plots")
     all_params, module, config = model_config(args.model)
     logged = params.flatten({"profile": all_params.get("profile"), args.model: config})
     data_hash = io.hash_paths([args.data, args.vocab, args.model_dir / module.MODEL_FILE])

@@ -1,21 +1,12 @@
 """DVC stage export_<model>: save the MLflow pyfunc, register it, crown it if it is best."""
 
-import argparse
-from pathlib import Path
-
-from _common import model_config, run
+from _common import model_config, run, stage_args
 
 from kexue import io, params, tracking
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    parser.add_argument("--vocab", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the MLflow model")
-    args = parser.parse_args()
+    args = stage_args(__doc__, "vocab", "model-dir", "metrics", "out")
     all_params, module, config = model_config(args.model)
     metrics = io.read_json(args.metrics)
     logged = params.flatten({"profile": all_params.get("profile"), args.model: config})

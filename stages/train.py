@@ -1,23 +1,16 @@
 """DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags."""
 
-import argparse
 import dataclasses
 import hashlib
 from pathlib import Path
 
-from _common import model_config, run
+from _common import model_config, run, stage_args
 
 from kexue import io, params, tracking, training
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--vocab", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--curves", type=Path, required=True, help="per-epoch CSV (a DVC plot)")
-    args = parser.parse_args()
+    args = stage_args(__doc__, "data", "vocab", "model-dir", "curves")
     all_params, module, config = model_config(args.model)
     runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
     logged = params.flatten(

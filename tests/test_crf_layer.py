@@ -99,3 +99,17 @@ def test_saves_and_loads_as_keras_file(tmp_path, crf_and_inputs):
     np.testing.assert_allclose(
         loaded.predict(emissions, verbose=0), model.predict(emissions, verbose=0)
     )
+
+
+def test_length_one_batches_work_inside_tf_function(crf_and_inputs):
+    """A batch of one-character sentences: the scans must not run over zero steps."""
+    import tensorflow as tf
+
+    crf, emissions, _, _ = crf_and_inputs
+    one_step = emissions[:, :1]
+    mask = np.ones(one_step.shape[:2], dtype=bool)
+    decode = tf.function(crf.decode, reduce_retracing=True)
+    decode(emissions, np.ones(emissions.shape[:2], dtype=bool))  # trace with a longer batch
+    np.testing.assert_array_equal(decode(one_step, mask).numpy()[:, 0], one_step[:, 0].argmax(-1))
+    log_z = tf.function(crf.log_partition)(one_step, mask).numpy()
+    np.testing.assert_allclose(log_z, np.log(np.exp(one_step[:, 0]).sum(-1)), rtol=1e-5)

@@ -108,14 +108,19 @@ class CRF(keras.layers.Layer):
         path = ops.concatenate(
             [ops.expand_dims(first_tag, 1), ops.moveaxis(later_tags, 0, 1)], axis=1
         )
-        return ops.where(mask, path, -1)
+        return ops.where(mask, path[:, :-1], -1)  # the last step is the extra masked one
 
 
 def _time_major_steps(emissions, mask):
     """Positions 1.. as one (time, batch, tags + 1) tensor: scores plus the mask as a last
-    channel. One tensor, because Keras' TF scan fails on several inputs of unknown length."""
+    channel, and one extra masked step so the scan never runs over zero steps (a length-1
+    batch inside tf.function cannot stack an empty list). One tensor, because Keras' TF scan
+    fails on several inputs of unknown length."""
     mask = ops.cast(ops.expand_dims(mask, -1), emissions.dtype)
-    return ops.moveaxis(ops.concatenate([emissions, mask], axis=-1)[:, 1:], 1, 0)
+    per_position = ops.concatenate([emissions, mask], axis=-1)
+    masked_step = ops.zeros_like(per_position[:, :1])
+    steps = ops.concatenate([per_position[:, 1:], masked_step], axis=1)
+    return ops.moveaxis(steps, 1, 0)
 
 
 def _unpack_step(step):

@@ -229,6 +229,9 @@ def train(
 # -- inference ----------------------------------------------------------------------------
 
 
+_TAG_LETTERS = np.frombuffer(BMES.encode("ascii"), dtype=np.uint8)
+
+
 class Segmenter:
     """Raw text in, words out. Whitespace always separates words and is not returned."""
 
@@ -247,19 +250,22 @@ class Segmenter:
 
     def tag(self, texts: list[str]) -> list[str]:
         """BMES tags for each text (no whitespace inside), batched by length for speed."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = np.array([len(text) for text in texts], dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
         tags = [""] * len(texts)
         for start in range(0, len(order), self.batch_size):
-            chunk = [i for i in order[start : start + self.batch_size] if texts[i]]
-            if not chunk:
+            chunk = order[start : start + self.batch_size]
+            chunk_lengths = lengths[chunk]
+            if chunk_lengths[-1] == 0:
                 continue
-            width = len(texts[chunk[-1]])
-            ids = np.zeros((len(chunk), width), dtype=np.int32)
-            for row, i in enumerate(chunk):
-                ids[row, : len(texts[i])] = encode_chars(self.vocab, texts[i])
+            real = np.arange(chunk_lengths[-1]) < chunk_lengths[:, None]
+            ids = np.zeros(real.shape, dtype=np.int32)
+            ids[real] = encode_chars(self.vocab, "".join(texts[i] for i in chunk))
             paths = self._decode(tf.constant(ids)).numpy()
-            for row, i in enumerate(chunk):
-                tags[i] = "".join(BMES[t] for t in paths[row, : len(texts[i])])
+            chunk_tags = _TAG_LETTERS[paths[real]].tobytes().decode("ascii")
+            ends = np.cumsum(chunk_lengths)
+            for i, end, length in zip(chunk, ends, chunk_lengths, strict=True):
+                tags[i] = chunk_tags[end - length : end]
         return tags
 
     def segment(self, texts: list[str]) -> list[list[str]]:

@@ -5,11 +5,13 @@ B = first char of a multi-char word, M = middle, E = end, S = a single-char word
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 BMES = "BMES"
+_WORD_TAGS = re.compile("[BM]*[ES]|[BM]+$")
 TAG_ID = {tag: i for i, tag in enumerate(BMES)}
 
 
@@ -29,14 +31,7 @@ def bmes_tags(words: Sequence[str]) -> str:
 
 def words_from_tags(chars: str, tags: str) -> list[str]:
     """Cut `chars` into words after each E or S tag (a dangling B/M still ends a word)."""
-    words, start = [], 0
-    for end, tag in enumerate(tags, start=1):
-        if tag in "ES":
-            words.append(chars[start:end])
-            start = end
-    if start < len(chars):
-        words.append(chars[start:])
-    return words
+    return [chars[m.start() : m.end()] for m in _WORD_TAGS.finditer(tags)]
 
 
 def word_spans(words: Iterable[str]) -> set[tuple[int, int]]:
