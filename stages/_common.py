@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kexue import models, params
+from kexue import models, params, training
 from kexue.errors import KexueError
 
 PATH_OPTIONS = {
@@ -36,6 +38,21 @@ def model_config(name: str) -> tuple[dict, ModuleType, object]:
     all_params = params.load()
     module = models.load(name)
     return all_params, module, params.parse(module.Config, params.block(all_params, name), name)
+
+
+def runtime_config(all_params: dict) -> training.RuntimeConfig:
+    return params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
+
+
+def resumable(
+    runtime: training.RuntimeConfig, name: str, data_hash: str, logged: dict
+) -> training.RuntimeConfig:
+    """`runtime` with a backup folder of its own for this data and these params: an
+    interrupted training resumes only the very same training; other data or params start
+    afresh."""
+    fingerprint = hashlib.sha256(f"{data_hash}{sorted(logged.items())}".encode()).hexdigest()
+    backup_dir = Path(runtime.backup_dir) / f"{name}-{fingerprint[:16]}"
+    return dataclasses.replace(runtime, backup_dir=str(backup_dir))
 
 
 def run(main: Callable[[], None]) -> None:

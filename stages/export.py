@@ -1,8 +1,8 @@
 """DVC stage export_<model>: save the MLflow pyfunc, register it, crown it if it is best."""
 
-from _common import model_config, run, stage_args
-
 from kexue import io, params, tracking
+
+from _common import model_config, run, stage_args
 
 
 def main() -> None:

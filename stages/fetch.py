@@ -3,11 +3,10 @@
 import argparse
 from pathlib import Path
 
-from _common import run
+from kexue import params, tracking
 from kexue.data.sources import Source, fetch
 
-from kexue import params, tracking
-from kexue.training import RuntimeConfig
+from _common import run, runtime_config
 
 
 def main() -> None:
@@ -18,7 +17,7 @@ def main() -> None:
     all_params = params.load()
     source = Source.from_params(args.source, (all_params.get("sources") or {}).get(args.source))
     # Shared by DVC's temporary experiment workspaces: archives are verified on every use.
-    runtime = params.parse(RuntimeConfig, all_params.get("runtime"), "runtime")
+    runtime = runtime_config(all_params)
     cache_dir = tracking.project_root() / runtime.download_dir
     fetch(source, dest=args.out, cache_dir=cache_dir)
 

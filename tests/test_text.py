@@ -37,6 +37,12 @@ def test_vocabulary_is_deterministic_and_round_trips(tmp_path):
     assert Vocabulary.load(tmp_path / "v.json").tokens == vocab.tokens
 
 
+def test_vocabulary_reserved_tokens_follow_unk():
+    vocab = Vocabulary.build(["abca", ["<s>", "d"]], 1, max_size=None, reserved=["<s>", "</s>"])
+    assert vocab.tokens == [PAD, UNK, "<s>", "</s>", "a", "b", "c", "d"]
+    assert Vocabulary.build(["abca"], 1, max_size=5, reserved=["<s>"]).tokens[3:] == ["a", "b"]
+
+
 def test_reads_peoples_daily_format(tmp_path):
     corpus = tmp_path / "pd.txt"
     corpus.write_text("迈向/v  充满/v  [中央/n  人民/n]nt  。/w\n今天/t\n", encoding="utf-8")

@@ -2,6 +2,8 @@
 
 kexue segment "今天天气不错"          # words, from the registry's champion
 echo "今天天气不错" | kexue segment   # one text per input line
+kexue title "床前明月光，疑是地上霜。"   # a title for each text (seq2seq, beam search)
+kexue similar "人类" --top 5          # the known phrases nearest in meaning, with cosines
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from kexue import tracking
 from kexue.errors import KexueError
 
 SEGMENTER = "kexue-crf"
+TITLER = "kexue-title"
+SIMILARITY = "kexue-similarity"
 
 
 def _load(model_uri: str):
@@ -43,18 +47,66 @@ def segment(args: argparse.Namespace) -> None:
         print(" ".join(words))
 
 
+def title(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    if not texts:
+        return
+    model = _load(args.model or tracking.champion_uri(TITLER))
+    params = {} if args.beam_width is None else {"beam_width": args.beam_width}
+    for generated in _predict(model, pd.DataFrame({"text": texts}), params)["title"]:
+        print(generated)
+
+
+def _predict(model, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+    try:
+        return model.predict(frame, params=params)
+    except Exception as err:  # the pyfunc's 400s (MlflowException) and schema errors alike
+        raise KexueError(" ".join(str(err).split())[:300]) from None
+
+
+def similar(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    if not texts:
+        return
+    model = _load(args.model or tracking.champion_uri(SIMILARITY))
+    params = {} if args.top is None else {"top_k": args.top}
+    found = _predict(model, pd.DataFrame({"query": texts}), params)
+    for i, (text, phrases, scores) in enumerate(
+        zip(texts, found["ranked"], found["scores"], strict=True)
+    ):
+        if len(texts) > 1:  # several queries: a blank line and a header before each
+            print(f"\n# {text}" if i else f"# {text}")
+        for phrase, score in zip(phrases, scores, strict=True):
+            print(f"{phrase}\t{score:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    seg = verbs.add_parser("segment", help="cut Chinese text into words (CNN + CRF)")
-    seg.add_argument("text", nargs="*", help="texts to segment; read from stdin when absent")
-    seg.add_argument(
-        "--model", help=f"model URI or folder (default: {tracking.champion_uri(SEGMENTER)})"
+    _add_verb(verbs, segment, "cut Chinese text into words (CNN + CRF)", "segment", SEGMENTER)
+    tit = _add_verb(
+        verbs, title, "write a title for a text (seq2seq + beam search)", "title", TITLER
     )
-    seg.set_defaults(run=segment)
+    tit.add_argument("--beam-width", type=int, help="beams to keep (default: the model's)")
+    sim = _add_verb(
+        verbs, similar, "known phrases nearest in meaning (GRU + AM-Softmax)", "look up", SIMILARITY
+    )
+    sim.add_argument("--top", type=int, help="phrases to print (default: the model's top_k)")
     return parser
+
+
+def _add_verb(verbs, run, help: str, action: str, registered_name: str):
+    """A verb that runs a registered model on texts from the command line or stdin."""
+    verb = verbs.add_parser(run.__name__, help=help)
+    verb.add_argument("text", nargs="*", help=f"texts to {action}; read from stdin when absent")
+    verb.add_argument(
+        "--model",
+        help=f"model URI or folder (default: {tracking.champion_uri(registered_name)})",
+    )
+    verb.set_defaults(run=run)
+    return verb
 
 
 def main(argv: list[str] | None = None) -> int:

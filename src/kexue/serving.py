@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """A model's `serve` block in params.yaml."""
+
+    batch_size: int  # texts per forward pass
+    max_request_chars: int  # larger requests are refused with HTTP 400
+
+
 def bad_request(message: str) -> MlflowException:
     """MLflow's scoring server answers this with HTTP 400 and the message."""
     return MlflowException.invalid_parameter_value(message)
+
+
+def int_param(params: dict | None, name: str, default: int, maximum: int) -> int:
+    """The integer request parameter `name` (`default` when absent), checked to be 1..maximum."""
+    value = (params or {}).get(name, default)
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise bad_request(f"{name} must be an integer, got {value!r}")
+    if not 1 <= value <= maximum:
+        raise bad_request(f"{name} must be between 1 and {maximum}, got {value}")
+    return int(value)
 
 
 def text_column(model_input: Any, column: str, max_chars: int) -> list[str]:

@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io as stdio
 import json
+import math
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 import tensorflow as tf
@@ -83,6 +87,49 @@ class EpochCurves(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         io.write_text(self.path, buffer.getvalue())
+
+
+def hold_out(items: list, fraction: float) -> tuple[list, list]:
+    """(validation, training): the first `fraction` of the (shuffled) items, at least one."""
+    n_held = max(1, round(len(items) * fraction))
+    return items[:n_held], items[n_held:]
+
+
+def global_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """The per-replica batch size (params.yaml) times the replicas in sync."""
+    return batch_size * strategy.num_replicas_in_sync
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save atomically, from the chief only (other workers of a multi-worker job must not)."""
+    if is_chief():
+        with io.atomic_path(path) as tmp:
+            model.save(tmp)
+
+
+def bucket_batches(
+    dataset: tf.data.Dataset,
+    lengths: list[int],
+    boundaries: list[int],
+    batch_size: int,
+    element_length: Callable,
+    padding_values: Any,
+) -> tf.data.Dataset:
+    """Padded batches of elements of similar length (less padding to compute over).
+
+    `lengths` are the elements' lengths as `element_length` measures them. Each bucket emits
+    a batch when full and its remainder at the end, so the count of batches is known; telling
+    tf.data gives Keras an epoch length.
+    """
+    dataset = dataset.bucket_by_sequence_length(
+        element_length,
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        padding_values=padding_values,
+    )
+    per_bucket = Counter(bisect.bisect_right(boundaries, length) for length in lengths)
+    n_batches = sum(math.ceil(n / batch_size) for n in per_bucket.values())
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
 def fit(

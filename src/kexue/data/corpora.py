@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from kexue import io
@@ -77,3 +79,108 @@ def _pack(words: list[str], max_chars: int) -> list[list[str]]:
     if current:
         pieces.append(current)
     return pieces
+
+
+# -- (text, title) pairs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TitledText:
+    """A text and its human-written title (a poem and its title, an article and its headline)."""
+
+    text: str
+    title: str
+
+
+def read_titled_texts(path: str | Path) -> list[TitledText]:
+    """(text, title) pairs from one file, by its suffix:
+
+    .jsonl  one {"text": ..., "title": ...} object a line (any corpus; the generic format)
+    .tsv    text<TAB>title a line
+    .json   chinese-poetry: a list of {"title", "paragraphs", ...}; the text is the paragraphs
+            joined without editors' notes in （）, the title is the poem's own (poem_title)
+    .txt    THUCNews layout: the first line is the title, the rest the article
+    """
+    path = Path(path)
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".tsv": _read_tsv,
+        ".json": _read_poems,
+        ".txt": _read_article,
+    }
+    if path.suffix not in readers:
+        raise DataError(f"{path}: expected a .jsonl, .tsv, .json (chinese-poetry) or .txt file")
+    return readers[path.suffix](path)
+
+
+def _read_jsonl(path: Path) -> list[TitledText]:
+    pairs = []
+    for number, line in enumerate(io.read_lines(path), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        pairs.append(_pair(row, "text", "title", f"{path}:{number}"))
+    return pairs
+
+
+def _read_tsv(path: Path) -> list[TitledText]:
+    pairs = []
+    for number, line in enumerate(io.read_lines(path), start=1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataError(f"{path}:{number}: expected text<TAB>title, got {len(fields)} fields")
+        pairs.append(
+            _pair(
+                dict(zip(("text", "title"), fields, strict=True)),
+                "text",
+                "title",
+                f"{path}:{number}",
+            )
+        )
+    return pairs
+
+
+def _read_poems(path: Path) -> list[TitledText]:
+    poems = io.read_json(path)
+    if not isinstance(poems, list):
+        raise DataError(f"{path}: expected a JSON list of poems")
+    pairs = []
+    for number, poem in enumerate(poems, start=1):
+        where = f"{path}: poem {number}"
+        if not isinstance(poem, dict) or not isinstance(poem.get("paragraphs"), list):
+            raise DataError(f"{where}: expected an object with a list `paragraphs`")
+        if not all(isinstance(line, str) for line in poem["paragraphs"]):
+            raise DataError(f"{where}: paragraphs: expected strings")
+        row = {"text": "".join(poem["paragraphs"]), "title": poem.get("title")}
+        pair = _pair(row, "text", "title", where)
+        pairs.append(TitledText(_NOTE.sub("", pair.text), poem_title(pair.title)))
+    return pairs
+
+
+# Editors' notes in full-width brackets, "詩（幷序）"; a poem's number in its series, "其二".
+_NOTE = re.compile(r"（[^（）]*）")
+_SERIES_NUMBER = re.compile(r"其?[一二三四五六七八九十百〇]+")
+
+
+def poem_title(raw: str) -> str:
+    """The poem's own title: '帝京篇十首 一' -> '帝京篇十首' (series number dropped),
+    '相和歌辭 從軍行' -> '從軍行' (the collection it belongs to dropped), notes in （） dropped."""
+    parts = _NOTE.sub("", raw).split()
+    while len(parts) > 1 and _SERIES_NUMBER.fullmatch(parts[-1]):
+        parts.pop()
+    return parts[-1] if parts else ""
+
+
+def _read_article(path: Path) -> list[TitledText]:
+    title, *body = io.read_lines(path, allow_empty_lines=True)
+    return [TitledText("".join(body), title)]
+
+
+def _pair(row: object, text_key: str, title_key: str, where: str) -> TitledText:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with `{text_key}` and `{title_key}`")
+    for key in (text_key, title_key):
+        if not isinstance(row.get(key), str):
+            raise DataError(f"{where}: {key}: expected a string, got {type(row.get(key)).__name__}")
+    return TitledText(row[text_key], row[title_key])

@@ -127,7 +127,9 @@ def download(
 
 def extract(archive: Path, dest: Path, members: dict[str, str] | None) -> None:
     """Unpack `archive` (.tar, .tar.gz, .tgz, .zip, .whl) to replace folder `dest` as a whole:
-    every member, or only `members` (archive member -> path inside `dest`)."""
+    every member, or only `members` (archive member -> path inside `dest`; a member with `*`
+    is a pattern, `*` standing for any part of one file name, and maps to a folder inside
+    `dest` that receives every matching file under its own name)."""
     archive, dest = Path(archive), Path(dest)
     if not archive.name.endswith(TAR_SUFFIXES + ZIP_SUFFIXES):
         raise SourceError(
@@ -205,7 +207,8 @@ def _members_problem(members: dict[str, str] | None) -> str | None:
     for member, out in members.items():
         if not _is_safe_relative(out):
             return f"{member}: expected a relative path without '..', got {out!r}"
-    outs = list(members.values())
+    # Patterns map to folders that may be shared; a clash of file names is caught on extraction.
+    outs = [out for member, out in members.items() if not _is_pattern(member)]
     repeated = sorted({out for out in outs if outs.count(out) > 1})
     return f"two members map to {repeated[0]!r}" if repeated else None
 
@@ -429,8 +432,7 @@ class _Entry:
 
 
 def _unpack(archive: Path, root: Path, members: dict[str, str] | None) -> None:
-    wanted = {posixpath.normpath(k): v for k, v in members.items()} if members is not None else None
-    found: set[str] = set()
+    selection = _Selection(members) if members is not None else None
     entries = (
         _zip_entries(archive) if archive.name.endswith(ZIP_SUFFIXES) else _tar_entries(archive)
     )
@@ -439,15 +441,56 @@ def _unpack(archive: Path, root: Path, members: dict[str, str] | None) -> None:
             name = _checked_name(archive, entry)
             if name == ".":
                 continue  # the archive's own root folder
-            if wanted is None:
+            if selection is None:
                 _place(archive, entry, root / name, root)
-            elif name in wanted:
-                _write_member(archive, entry, name, root / wanted[name])
-                found.add(name)
-    missing = sorted(set(wanted or ()) - found)
+            elif (target := selection.target(archive, name)) is not None:
+                _write_member(archive, entry, name, root / target)
+    missing = selection.missing() if selection is not None else []
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise SourceError(f"{archive}: member {missing[0]} not found in the archive{more}")
+
+
+def _is_pattern(member: str) -> bool:
+    return "*" in member
+
+
+class _Selection:
+    """Which archive members to extract, and where: exact names, and patterns with `*`."""
+
+    def __init__(self, members: dict[str, str]):
+        self.exact = {posixpath.normpath(k): v for k, v in members.items() if not _is_pattern(k)}
+        # `*` stays inside one file name: a pattern never reaches into a subfolder.
+        self.patterns = {
+            k: (re.compile("[^/]*".join(map(re.escape, posixpath.normpath(k).split("*")))), v)
+            for k, v in members.items()
+            if _is_pattern(k)
+        }
+        self.found: set[str] = set()
+        self.targets: dict[str, str] = {}
+
+    def target(self, archive: Path, name: str) -> str | None:
+        """The path inside the destination for member `name`, or None to skip it."""
+        if name in self.exact:
+            self.found.add(name)
+            return self._claim(archive, name, self.exact[name])
+        for pattern, (regex, folder) in self.patterns.items():
+            if regex.fullmatch(name):
+                self.found.add(pattern)
+                return self._claim(archive, name, posixpath.join(folder, posixpath.basename(name)))
+        return None
+
+    def _claim(self, archive: Path, name: str, target: str) -> str:
+        target = posixpath.normpath(target)
+        if target in self.targets:
+            raise SourceError(
+                f"{archive}: members {self.targets[target]} and {name} both map to {target!r}"
+            )
+        self.targets[target] = name
+        return target
+
+    def missing(self) -> list[str]:
+        return sorted((set(self.exact) | set(self.patterns)) - self.found)
 
 
 def _write_member(archive: Path, entry: _Entry, name: str, target: Path) -> None:

@@ -7,6 +7,8 @@
     build_vocab(config, data_dir)            -> text.vocab.Vocabulary of the train split
     train(config, runtime, data_dir, vocab_file, model_dir, curves_file) -> summary dict
     evaluate(config, data_dir, vocab_file, model_dir, plots_dir) -> metrics dict
+                                             (a model that trains a baseline there adds a
+                                             `runtime` parameter; the stage passes it)
     pyfunc(config, vocab_file, model_dir)    -> kwargs for mlflow.pyfunc.save_model
 
 See models/crf.py for the first complete example.
@@ -15,7 +17,7 @@ See models/crf.py for the first complete example.
 import importlib
 from types import ModuleType
 
-MODELS = ("crf",)
+MODELS = ("crf", "title", "similarity")
 
 
 def load(name: str) -> ModuleType:

@@ -6,11 +6,8 @@ Trained on a gold-segmented corpus (People's Daily 1998 here); decoded with Vite
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import tensorflow as tf
 from kexue import io, serving, training
 from kexue.data.corpora import read_segmented, split_sentences
 from kexue.layers.crf import CRF
+from kexue.serving import ServeConfig
 from kexue.text.segmentation import (
     BMES,
     TAG_ID,
@@ -32,7 +30,7 @@ from kexue.text.segmentation import (
     full_width,
     words_from_tags,
 )
-from kexue.text.vocab import Vocabulary
+from kexue.text.vocab import VocabConfig, Vocabulary
 
 MODEL_FILE = "model.keras"
 SCORE = "f1"  # the registry's champion is the version with the best test F1
@@ -47,12 +45,6 @@ class DataConfig:
     test_fraction: float
     max_sentence_chars: int
     split_seed: int
-
-
-@dataclass(frozen=True)
-class VocabConfig:
-    min_count: int
-    max_size: int | None
 
 
 @dataclass(frozen=True)
@@ -72,12 +64,6 @@ class TrainConfig:
     max_sentences: int | None
     validation_fraction: float
     length_buckets: list[int]
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    batch_size: int
-    max_request_chars: int
 
 
 @dataclass(frozen=True)
@@ -148,19 +134,14 @@ def make_dataset(
     )
     if shuffle:
         dataset = dataset.shuffle(len(sentences), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.bucket_by_sequence_length(
+    dataset = training.bucket_batches(
+        dataset,
+        [sum(map(len, s)) for s in sentences],
+        train.length_buckets,
+        train.batch_size,
         lambda chars, _: tf.shape(chars)[0],
-        bucket_boundaries=train.length_buckets,
-        bucket_batch_sizes=[train.batch_size] * (len(train.length_buckets) + 1),
         padding_values=(0, -1),
     )
-    # Each bucket emits a batch when full and its remainder at the end, so the count of
-    # batches is known; telling tf.data gives Keras an epoch length.
-    lengths = Counter(
-        bisect.bisect_right(train.length_buckets, sum(map(len, s))) for s in sentences
-    )
-    n_batches = sum(math.ceil(n / train.batch_size) for n in lengths.values())
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -203,9 +184,8 @@ def train(
     random.Random(runtime.seed).shuffle(sentences)
     if config.train.max_sentences is not None:
         sentences = sentences[: config.train.max_sentences]
-    n_val = max(1, round(len(sentences) * config.train.validation_fraction))
-    validation, sentences = sentences[:n_val], sentences[n_val:]
-    batch = config.train.batch_size * strategy.num_replicas_in_sync
+    validation, sentences = training.hold_out(sentences, config.train.validation_fraction)
+    batch = training.global_batch_size(config.train.batch_size, strategy)
     train_config = dataclasses.replace(config.train, batch_size=batch)
     with strategy.scope():
         model = build_model(len(vocab), config.model)
@@ -220,9 +200,7 @@ def train(
         curves_path=curves_file,
         backup_dir=Path(runtime.backup_dir),
     )
-    if training.is_chief():
-        with io.atomic_path(model_dir / MODEL_FILE) as tmp:
-            model.save(tmp)
+    training.save_model(model, model_dir / MODEL_FILE)
     return {"train_sentences": len(sentences), "final_loss": history.history["loss"][-1]}
 
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kexue import io
 from kexue.errors import DataError
 
 PAD, UNK = "<pad>", "<unk>"
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """A model's `vocab` block in params.yaml."""
+
+    min_count: int  # rarer tokens share the unknown id
+    max_size: int | None
 
 
 class Vocabulary:
@@ -21,16 +30,23 @@ class Vocabulary:
 
     @classmethod
     def build(
-        cls, sequences: Iterable[Iterable[str]], min_count: int, max_size: int | None
+        cls,
+        sequences: Iterable[Iterable[str]],
+        min_count: int,
+        max_size: int | None,
+        reserved: Sequence[str] = (),
     ) -> Vocabulary:
-        """Most frequent tokens first (ties by token, so the result is deterministic)."""
+        """Most frequent tokens first (ties by token, so the result is deterministic), after
+        the `reserved` tokens (e.g. start/end markers) that take the ids right after UNK."""
         counts = Counter(token for sequence in sequences for token in sequence)
         ranked = sorted(
-            (t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t)
+            (t for t, c in counts.items() if c >= min_count and t not in reserved),
+            key=lambda t: (-counts[t], t),
         )
+        head = [PAD, UNK, *reserved]
         if max_size is not None:
-            ranked = ranked[: max_size - 2]
-        return cls([PAD, UNK, *ranked])
+            ranked = ranked[: max(0, max_size - len(head))]
+        return cls([*head, *ranked])
 
     def __len__(self) -> int:
         return len(self.tokens)

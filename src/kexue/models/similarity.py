@@ -1,0 +1,578 @@
+"""Sentence similarity: GRU encoder + AM-Softmax, after "基于GRU和AM-Softmax的句子相似度模型".
+
+Characters -> embedding -> GRU -> L2-normalised vector: the encoder. It is trained as a
+classifier over groups of texts that mean the same (each group a class) with AM-Softmax
+(layers/margin.py), then used without the classifier: two texts are similar when the cosine
+of their vectors is high, also for texts and groups never seen in training. The post used
+private groups of similar questions; here the synonym groups of HIT Tongyici Cilin.
+
+Evaluation is retrieval. One member of every group with 3+ members is held out (prepare).
+Each held-out member is a query; the gallery is every distinct training phrase. A query is a
+hit at k when one of its k nearest gallery phrases by cosine (its own text excluded, since a
+phrase can be a training member of another group) is a training member of the query's group.
+The same encoder trained with a plain softmax classifier on the same split is the baseline.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from kexue import io, serving, training
+from kexue.data.cilin import SynonymGroup, read_cilin
+from kexue.errors import DataError
+from kexue.layers.margin import AMSoftmax, AMSoftmaxLoss
+from kexue.text.vocab import Vocabulary
+
+MODEL_FILE = "model.keras"
+PHRASES_FILE = "phrases.txt"  # every known phrase, ranked when a query comes without candidates
+SCORE = "top1"  # the registry's champion is the version with the best top-1 retrieval accuracy
+DESCRIPTION = (
+    "GRU sentence encoder trained with AM-Softmax on synonym groups (kexue.fm, 基于GRU和"
+    "AM-Softmax的句子相似度模型). Input: a column `text` -> a column `vector` (unit vectors), "
+    "or a column `query` with an optional column `candidates` (lists of strings) -> columns "
+    "`ranked` and `scores` (cosines, best first; without candidates, the top_k known phrases)."
+)
+Head = Literal["am_softmax", "softmax"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_groups: int | None
+    min_group_for_test: int
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    min_count: int
+    max_size: int | None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int
+    hidden_dim: int
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    scale: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    top_k: list[int]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    batch_size: int
+    max_request_chars: int
+    top_k: int
+    max_top_k: int
+
+
+@dataclass(frozen=True)
+class Config:
+    corpus: str
+    data: DataConfig
+    vocab: VocabConfig
+    model: ModelConfig
+    loss: LossConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    serve: ServeConfig
+    registered_name: str
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One phrase of one group: a training example or a query."""
+
+    group: str
+    text: str
+
+
+def split_groups(groups: list[SynonymGroup], data: DataConfig) -> tuple[list[Member], list[Member]]:
+    """(train, test): one seeded member of every group with min_group_for_test+ members is
+    held out; every other member trains."""
+    rng = random.Random(data.split_seed)
+    if data.max_groups is not None and data.max_groups < len(groups):
+        groups = sorted(rng.sample(groups, data.max_groups), key=lambda g: g.code)
+    train, test = [], []
+    for group in groups:
+        held_out = (
+            rng.randrange(len(group.members))
+            if len(group.members) >= data.min_group_for_test
+            else None
+        )
+        for i, text in enumerate(group.members):
+            (test if i == held_out else train).append(Member(group.code, text))
+    return train, test
+
+
+def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
+    """Fixed train/test members (group<TAB>phrase lines) and every known phrase."""
+    groups = [group for corpus in corpora for group in read_cilin(corpus)]
+    train, test = split_groups(groups, config.data)
+    write_members(out_dir / "train.tsv", train)
+    write_members(out_dir / "test.tsv", test)
+    phrases = list(dict.fromkeys(text for group in groups for text in group.members))
+    io.write_lines(out_dir / PHRASES_FILE, phrases)
+    return {
+        "groups": len({m.group for m in train}),
+        "train_members": len(train),
+        "test_members": len(test),
+        "known_phrases": len(phrases),
+    }
+
+
+def write_members(path: Path, members: list[Member]) -> None:
+    io.write_lines(path, [f"{m.group}\t{m.text}" for m in members])
+
+
+def read_members(path: Path) -> list[Member]:
+    members = []
+    for number, line in enumerate(io.read_lines(path), start=1):
+        fields = line.split("\t")
+        if len(fields) != 2 or not all(fields):
+            raise DataError(f"{path}:{number}: expected group<TAB>phrase")
+        members.append(Member(*fields))
+    return members
+
+
+def build_vocab(config: Config, data_dir: Path) -> Vocabulary:
+    texts = [m.text for m in read_members(data_dir / "train.tsv")]
+    return Vocabulary.build(texts, config.vocab.min_count, config.vocab.max_size)
+
+
+def char_ids(texts: list[str], vocab: Vocabulary) -> np.ndarray:
+    """(len(texts), longest) int32 character ids, 0-padded at the end (the GRU masks 0)."""
+    ids = np.zeros((len(texts), max([1, *map(len, texts)])), dtype=np.int32)
+    for row, text in enumerate(texts):
+        ids[row, : len(text)] = vocab.encode(text)
+    return ids
+
+
+def class_ids(members: list[Member]) -> np.ndarray:
+    index = {group: i for i, group in enumerate(sorted({m.group for m in members}))}
+    return np.array([index[m.group] for m in members], dtype=np.int32)
+
+
+# -- model --------------------------------------------------------------------------------
+
+
+def build_encoder(vocab_size: int, config: ModelConfig) -> keras.Model:
+    chars = keras.Input(shape=(None,), dtype="int32", name="chars")
+    x = keras.layers.Embedding(
+        vocab_size, config.embedding_dim, mask_zero=True, name="char_embedding"
+    )(chars)
+    x = keras.layers.GRU(config.hidden_dim, name="gru")(x)
+    # Float32 unit vectors: cosines are plain dot products, also under mixed precision.
+    vector = keras.layers.UnitNormalization(dtype="float32", name="unit_vector")(x)
+    return keras.Model(chars, vector, name="encoder")
+
+
+def build_classifier(vocab_size: int, num_classes: int, config: Config, head: Head):
+    """The encoder plus a classifier over groups: AM-Softmax (the post) or a plain softmax
+    (the baseline). Returns (model, its loss)."""
+    encoder = build_encoder(vocab_size, config.model)
+    chars = keras.Input(shape=(None,), dtype="int32", name="chars")
+    if head == "am_softmax":
+        outputs = AMSoftmax(num_classes, name="cosines")(encoder(chars))
+        loss = AMSoftmaxLoss(config.loss.scale, config.loss.margin)
+    else:
+        outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(encoder(chars))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.Model(chars, outputs, name=f"gru_{head}"), loss
+
+
+def fit_classifier(
+    head: Head,
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    seed: int,
+    members: list[Member],
+    vocab: Vocabulary,
+    curves_file: Path,
+    backup_dir: Path,
+) -> keras.Model:
+    """Train encoder + head on the members' groups; per-epoch loss/accuracy to curves_file."""
+    batch = config.train.batch_size * strategy.num_replicas_in_sync
+    examples = tf.data.Dataset.from_tensor_slices(
+        (char_ids([m.text for m in members], vocab), class_ids(members))
+    )
+    dataset = (
+        examples.shuffle(len(members), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    num_classes = len({m.group for m in members})
+    with strategy.scope():
+        model, loss = build_classifier(len(vocab), num_classes, config, head)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.train.learning_rate),
+            loss=loss,
+            # The argmax of the cosines is the predicted group, as for logits.
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    training.fit(model, dataset, None, config.train.epochs, curves_file, backup_dir)
+    return model
+
+
+def train(
+    config: Config,
+    runtime: training.RuntimeConfig,
+    data_dir: Path,
+    vocab_file: Path,
+    model_dir: Path,
+    curves_file: Path,
+) -> dict[str, float]:
+    strategy = training.setup(runtime)
+    members = read_members(data_dir / "train.tsv")
+    model = fit_classifier(
+        "am_softmax",
+        config,
+        strategy,
+        runtime.seed,
+        members,
+        Vocabulary.load(vocab_file),
+        curves_file,
+        Path(runtime.backup_dir),
+    )
+    if training.is_chief():
+        with io.atomic_path(model_dir / MODEL_FILE) as tmp:
+            model.save(tmp)
+        # The known phrases ship with the model: the pyfunc ranks them for bare queries.
+        with io.atomic_path(model_dir / PHRASES_FILE) as tmp:
+            shutil.copyfile(data_dir / PHRASES_FILE, tmp)
+    return {
+        "train_members": len(members),
+        "groups": len({m.group for m in members}),
+        "final_loss": model.history.history["loss"][-1],
+        "final_accuracy": model.history.history["accuracy"][-1],
+    }
+
+
+# -- retrieval ----------------------------------------------------------------------------
+
+
+class Encoder:
+    """Raw texts in, unit vectors out (an empty text gets the zero vector)."""
+
+    def __init__(self, encoder: keras.Model, vocab: Vocabulary, batch_size: int):
+        self.vocab, self.batch_size = vocab, batch_size
+        self._encode = tf.function(lambda ids: encoder(ids, training=False), reduce_retracing=True)
+
+    @classmethod
+    def load(cls, model_file: Path | str, vocab_file: Path | str, batch_size: int) -> Encoder:
+        model = keras.models.load_model(model_file, compile=False)
+        return cls(model.get_layer("encoder"), Vocabulary.load(vocab_file), batch_size)
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, encoded in batches of similar length."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        parts = [self._encode(char_ids([texts[i] for i in c], self.vocab)).numpy() for c in chunks]
+        vectors = np.zeros((len(texts), parts[0].shape[1] if parts else 0), dtype=np.float32)
+        for chunk, part in zip(chunks, parts, strict=True):
+            vectors[chunk] = part
+        return vectors
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The distinct training phrases, each with the groups it is a training member of."""
+
+    texts: list[str]
+    groups: list[frozenset[str]]
+
+    @classmethod
+    def of(cls, members: list[Member]) -> Gallery:
+        groups: dict[str, set[str]] = defaultdict(set)
+        for member in members:
+            groups[member.text].add(member.group)
+        return cls(list(groups), [frozenset(g) for g in groups.values()])
+
+
+def first_hit_ranks(
+    queries: list[Member],
+    query_vectors: np.ndarray,
+    gallery: Gallery,
+    gallery_vectors: np.ndarray,
+    max_k: int,
+    chunk_size: int = 512,
+) -> np.ndarray:
+    """For each query, the rank (1 = nearest) of its nearest gallery phrase from the query's
+    group among the max_k nearest by cosine, or 0 when none is. The query's own text is never
+    its own neighbour; equal cosines rank by gallery order."""
+    position = {text: i for i, text in enumerate(gallery.texts)}
+    ranks = np.zeros(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), chunk_size):
+        chunk = queries[start : start + chunk_size]
+        scores = query_vectors[start : start + len(chunk)] @ gallery_vectors.T
+        for row, query in enumerate(chunk):
+            if query.text in position:
+                scores[row, position[query.text]] = -np.inf
+        for row, nearest in enumerate(top_indices(scores, max_k)):
+            hits = [j for j, g in enumerate(nearest) if chunk[row].group in gallery.groups[g]]
+            ranks[start + row] = hits[0] + 1 if hits else 0
+    return ranks
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k highest scores, best first, ties by lower index."""
+    k = min(k, scores.shape[1])
+    candidates = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
+    # A stable sort of the index-sorted candidates keeps the lower index first among equals.
+    order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def top_k_accuracy(ranks: np.ndarray, k: int) -> float:
+    """The fraction of queries with a hit among their k nearest."""
+    return float(np.mean((ranks > 0) & (ranks <= k))) if len(ranks) else 0.0
+
+
+def retrieval_ranks(
+    encoder: Encoder, train: list[Member], test: list[Member], max_k: int
+) -> np.ndarray:
+    gallery = Gallery.of(train)
+    return first_hit_ranks(
+        test,
+        encoder.vectors([m.text for m in test]),
+        gallery,
+        encoder.vectors(gallery.texts),
+        max_k,
+    )
+
+
+def evaluate(
+    config: Config,
+    data_dir: Path,
+    vocab_file: Path,
+    model_dir: Path,
+    plots_dir: Path,
+    runtime: training.RuntimeConfig,
+) -> dict[str, float]:
+    """Top-k retrieval accuracy of the AM-Softmax encoder and of the same encoder trained with
+    a plain softmax on the same split (trained here); writes the accuracy at every k up to the
+    largest reported one as a plot, and the baseline's training curve."""
+    strategy = training.setup(runtime)
+    train_members, test = read_members(data_dir / "train.tsv"), read_members(data_dir / "test.tsv")
+    vocab = Vocabulary.load(vocab_file)
+    max_k = max(config.evaluate.top_k)
+    am_ranks = retrieval_ranks(
+        Encoder.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size),
+        train_members,
+        test,
+        max_k,
+    )
+    baseline = fit_classifier(
+        "softmax",
+        config,
+        strategy,
+        runtime.seed,
+        train_members,
+        vocab,
+        plots_dir / "softmax_train.csv",
+        Path(runtime.backup_dir),
+    )
+    softmax_ranks = retrieval_ranks(
+        Encoder(baseline.get_layer("encoder"), vocab, config.serve.batch_size),
+        train_members,
+        test,
+        max_k,
+    )
+    curve = [
+        {
+            "k": k,
+            "am_softmax": top_k_accuracy(am_ranks, k),
+            "softmax": top_k_accuracy(softmax_ranks, k),
+        }
+        for k in range(1, max_k + 1)
+    ]
+    io.write_json(plots_dir / "topk.json", curve)
+    metrics = {}
+    for k in config.evaluate.top_k:
+        metrics[f"top{k}"] = top_k_accuracy(am_ranks, k)
+        metrics[f"softmax_top{k}"] = top_k_accuracy(softmax_ranks, k)
+    metrics.update(
+        groups=len({m.group for m in train_members}),
+        train_members=len(train_members),
+        gallery_phrases=len(Gallery.of(train_members).texts),
+        test_queries=len(test),
+    )
+    return metrics
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def ranked_by_cosine(
+    query: np.ndarray, texts: list[str], vectors: np.ndarray, top_k: int | None = None
+) -> tuple[list[str], list[float]]:
+    """`texts` sorted by the cosine of their vectors with `query`, best first."""
+    scores = vectors @ query
+    order = top_indices(scores[None, :], top_k or len(texts))[0] if len(texts) else []
+    return [texts[i] for i in order], [float(scores[i]) for i in order]
+
+
+class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc with two modes, chosen by the input's columns:
+
+    `text`                            -> `vector`: the unit vector of each text
+    `query` (+ optional `candidates`) -> `ranked`, `scores`: the candidates by cosine, best
+                                         first; without candidates, the top_k known phrases
+                                         (the query's own text left out)
+    """
+
+    def load_context(self, context):
+        self.settings = context.model_config
+        self.encoder = Encoder.load(
+            context.artifacts["model"], context.artifacts["vocab"], self.settings["batch_size"]
+        )
+        self.phrases_file = context.artifacts["phrases"]
+        self._known: tuple[list[str], np.ndarray] | None = None
+
+    def known_phrases(self) -> tuple[list[str], np.ndarray]:
+        """The known phrases and their vectors, encoded on first use (seconds)."""
+        if self._known is None:
+            phrases = io.read_lines(self.phrases_file)
+            self._known = phrases, self.encoder.vectors(phrases)
+        return self._known
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        # MLflow drops columns the signature does not name before they arrive here.
+        columns = set(model_input.columns) if isinstance(model_input, pd.DataFrame) else set()
+        if {"text", "query"} <= columns:
+            raise serving.bad_request("give a column 'text' or a column 'query', not both")
+        if "text" in columns:
+            texts = serving.text_column(model_input, "text", self.settings["max_request_chars"])
+            return pd.DataFrame({"vector": [v.tolist() for v in self.encoder.vectors(texts)]})
+        if "query" in columns:
+            return self.rank(model_input, top_k_param(params, self.settings))
+        raise serving.bad_request(
+            "expected a column 'text' (-> vector) or a column 'query' with an optional column "
+            "'candidates' (-> ranked, scores); the input has neither"
+        )
+
+    def rank(self, model_input: pd.DataFrame, top_k: int) -> pd.DataFrame:
+        queries = serving.text_column(model_input, "query", self.settings["max_request_chars"])
+        query_vectors = self.encoder.vectors(queries)
+        if "candidates" not in model_input.columns:
+            phrases, vectors = self.known_phrases()
+            rows = [
+                ranked_by_cosine(q, *_without(phrases, vectors, text), top_k)
+                for q, text in zip(query_vectors, queries, strict=True)
+            ]
+        else:
+            lists = candidate_lists(model_input["candidates"], self.settings["max_request_chars"])
+            vectors = self.encoder.vectors([c for candidates in lists for c in candidates])
+            ends = np.cumsum([len(c) for c in lists])
+            rows = [
+                ranked_by_cosine(q, candidates, vectors[end - len(candidates) : end])
+                for q, candidates, end in zip(query_vectors, lists, ends, strict=True)
+            ]
+        return pd.DataFrame({"ranked": [r for r, _ in rows], "scores": [s for _, s in rows]})
+
+
+def _without(phrases: list[str], vectors: np.ndarray, text: str) -> tuple[list[str], np.ndarray]:
+    if text not in phrases:
+        return phrases, vectors
+    keep = [i for i, phrase in enumerate(phrases) if phrase != text]
+    return [phrases[i] for i in keep], vectors[keep]
+
+
+def candidate_lists(column: pd.Series, max_chars: int) -> list[list[str]]:
+    """Each row's candidates as a list of strings; a bad row is a 400 naming it."""
+    lists = []
+    for row, value in enumerate(column.tolist()):
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) for c in value):
+            raise serving.bad_request(
+                f"row {row}: 'candidates' must be a list of strings, got {value!r:.60}"
+            )
+        lists.append(list(value))
+    total = sum(len(c) for candidates in lists for c in candidates)
+    if total > max_chars:
+        raise serving.bad_request(
+            f"candidates have {total} characters; the limit per request is {max_chars}"
+        )
+    return lists
+
+
+def top_k_param(params: dict | None, settings: dict) -> int:
+    top_k = (params or {}).get("top_k", settings["top_k"])
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise serving.bad_request(f"top_k must be an integer, got {top_k!r}")
+    if not 1 <= top_k <= settings["max_top_k"]:
+        raise serving.bad_request(
+            f"top_k must be between 1 and {settings['max_top_k']}, got {top_k}"
+        )
+    return int(top_k)
+
+
+def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
+    """Arguments for mlflow.pyfunc.save_model/log_model."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    def optional(dtype, name: str) -> ColSpec:
+        return ColSpec(dtype, name, required=False)
+
+    return {
+        "python_model": SimilarityPyfunc(),
+        "artifacts": {
+            "model": str(model_dir / MODEL_FILE),
+            "vocab": str(vocab_file),
+            "phrases": str(model_dir / PHRASES_FILE),
+        },
+        "model_config": {
+            "batch_size": config.serve.batch_size,
+            "max_request_chars": config.serve.max_request_chars,
+            "top_k": config.serve.top_k,
+            "max_top_k": config.serve.max_top_k,
+        },
+        "signature": ModelSignature(
+            inputs=Schema(
+                [
+                    optional(DataType.string, "text"),
+                    optional(DataType.string, "query"),
+                    optional(Array(DataType.string), "candidates"),
+                ]
+            ),
+            outputs=Schema(
+                [
+                    optional(Array(DataType.float), "vector"),
+                    optional(Array(DataType.string), "ranked"),
+                    optional(Array(DataType.double), "scores"),
+                ]
+            ),
+            params=ParamSchema([ParamSpec("top_k", DataType.long, config.serve.top_k)]),
+        ),
+    }

@@ -1,0 +1,296 @@
+"""The GRU + AM-Softmax similarity model end to end on a tiny Cilin file: reader, split,
+retrieval metric by hand, training and evaluation, the pyfunc's two modes, the CLI."""
+
+import dataclasses
+import json
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from conftest import REPO, tiny_runtime, train_tiny
+from servers import free_port, serve
+
+from kexue import cli, params, tracking
+from kexue.data.cilin import read_cilin
+from kexue.errors import DataError
+from kexue.models import similarity
+from kexue.models.similarity import Gallery, Member
+
+# Groups with no characters in common, so a tiny encoder can tell them apart; a `#` and an
+# `@` line that are not groups, and a code used twice as in the real file.
+TINY_CILIN = """\
+Aa01A01= 甲乙 乙甲 甲甲 乙乙甲
+Aa01A02= 丙丁 丁丙 丙丙 丁丁丙 丙丁
+Ab01A01= 戊己 己戊 戊戊 己己戊
+Ab01A02# 甲丙 戊庚
+Ab01A03@ 壬
+Ac01A01= 庚辛 辛庚 庚庚 辛辛庚
+Ac01A01= 子丑 丑子 子子 丑丑子
+Ad01A01= 辰巳 巳辰
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny encoder trained on TINY_CILIN: config, folders, prepare's counts."""
+    root = tmp_path_factory.mktemp("similarity")
+    corpus = root / "cilin.txt"
+    corpus.write_text(TINY_CILIN, encoding="utf-8")
+    config = params.parse(
+        similarity.Config,
+        params.block(params.load(REPO / "params.yaml"), "similarity"),
+        "similarity",
+    )
+    config = dataclasses.replace(
+        config,
+        model=similarity.ModelConfig(embedding_dim=16, hidden_dim=16),
+        train=similarity.TrainConfig(epochs=40, batch_size=8, learning_rate=0.02),
+        serve=dataclasses.replace(config.serve, batch_size=4),
+    )
+    return train_tiny(similarity, config, corpus, root)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def test_reader_keeps_only_synonym_groups_and_renames_a_repeated_code(tmp_path):
+    path = tmp_path / "cilin.txt"
+    path.write_text(TINY_CILIN, encoding="utf-8")
+    groups = read_cilin(path)
+    assert [g.code for g in groups] == [
+        "Aa01A01",
+        "Aa01A02",
+        "Ab01A01",
+        "Ac01A01",
+        "Ac01A01.2",
+        "Ad01A01",
+    ]
+    # A word listed twice in one group counts once.
+    assert groups[1].members == ("丙丁", "丁丙", "丙丙", "丁丁丙")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("人类 生人 全人类", "expected 'CODE= word word ...'"),
+        ("Aa01A02= ", "Aa01A02= has no words"),
+        ("Aa01A02 人类 生人", "expected 'CODE= word word ...'"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line, problem):
+    path = tmp_path / "cilin.txt"
+    path.write_text(f"Aa01A01= 人 士\n{line}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"cilin\.txt:2: .*{problem}"):
+        read_cilin(path)
+
+
+def test_split_holds_out_one_seeded_member_of_every_group_of_three_or_more(tiny):
+    data = tiny["root"] / "data"
+    train = similarity.read_members(data / "train.tsv")
+    test = similarity.read_members(data / "test.tsv")
+    assert [m.group for m in test] == ["Aa01A01", "Aa01A02", "Ab01A01", "Ac01A01", "Ac01A01.2"]
+    assert {m for m in train if m.group == "Ad01A01"} == {
+        Member("Ad01A01", "辰巳"),
+        Member("Ad01A01", "巳辰"),
+    }
+    assert not set(test) & set(train)
+    assert tiny["counts"] == {
+        "groups": 6,
+        "train_members": len(train),
+        "test_members": 5,
+        "known_phrases": 22,
+    }
+    # Fixed: the same seed gives the same split.
+    again = similarity.split_groups(read_cilin(tiny["root"] / "cilin.txt"), tiny["config"].data)
+    assert again == (train, test)
+
+
+def test_max_groups_takes_a_seeded_subset(tiny):
+    groups = read_cilin(tiny["root"] / "cilin.txt")
+    subset = dataclasses.replace(tiny["config"].data, max_groups=3)
+    train, test = similarity.split_groups(groups, subset)
+    assert len({m.group for m in train}) == 3
+    assert similarity.split_groups(groups, subset) == (train, test)
+
+
+def test_bad_members_file_names_the_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("Aa01A01\t人\nAa01A01 人类\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train\.tsv:2: expected group<TAB>phrase"):
+        similarity.read_members(path)
+
+
+# -- the retrieval metric, by hand --------------------------------------------------------
+
+
+def test_first_hit_ranks_on_a_hand_built_case():
+    # Gallery on the unit circle at 0, 30, 90 and 180 degrees; "b" is in groups g1 and g2.
+    angles = np.radians([0, 30, 90, 180])
+    gallery_vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    gallery = Gallery.of(
+        [Member("g1", "a"), Member("g1", "b"), Member("g2", "b"), Member("g2", "c")]
+        + [Member("g3", "d")]
+    )
+    assert gallery.texts == ["a", "b", "c", "d"]
+    queries = [
+        Member("g1", "q1"),  # at 10 degrees: a (g1) is nearest -> rank 1
+        Member("g2", "q2"),  # at 10 degrees: a (g1), then b (g1, g2) -> rank 2
+        Member("g3", "q3"),  # at 60 degrees: b, c, a, then d (g3) -> rank 4
+        Member("g3", "a"),  # its own text "a" is skipped: b, c, d -> rank 3
+    ]
+    query_angles = np.radians([10, 10, 60, 0])
+    query_vectors = np.stack([np.cos(query_angles), np.sin(query_angles)], axis=1)
+    ranks = similarity.first_hit_ranks(queries, query_vectors, gallery, gallery_vectors, 4)
+    assert ranks.tolist() == [1, 2, 4, 3]
+    # Not among the 2 nearest -> 0 (a miss at every k up to max_k).
+    assert similarity.first_hit_ranks(
+        queries, query_vectors, gallery, gallery_vectors, 2, chunk_size=3
+    ).tolist() == [1, 2, 0, 0]
+    assert [similarity.top_k_accuracy(ranks, k) for k in (1, 2, 3, 4)] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_equal_scores_rank_by_gallery_order():
+    scores = np.array([[0.5, 0.9, 0.5, 0.9, 0.1]])
+    assert similarity.top_indices(scores, 4).tolist() == [[1, 3, 0, 2]]
+    assert similarity.top_indices(scores, 9).tolist() == [[1, 3, 0, 2, 4]]
+
+
+# -- training and evaluation --------------------------------------------------------------
+
+
+def test_tiny_model_retrieves_held_out_members_with_both_heads(tiny, tmp_path):
+    root = tiny["root"]
+    metrics = similarity.evaluate(
+        tiny["config"],
+        root / "data",
+        root / "vocab.json",
+        root / "model",
+        tmp_path,
+        tiny_runtime(tmp_path),
+    )
+    assert metrics["top1"] == 1.0 and metrics["softmax_top1"] >= 0.6
+    assert {"top5", "top10", "softmax_top5", "softmax_top10"} <= set(metrics)
+    assert (metrics["test_queries"], metrics["groups"]) == (5, 6)
+    curve = json.loads((tmp_path / "topk.json").read_text())
+    assert [row["k"] for row in curve] == list(range(1, 11))
+    accuracy = [row["am_softmax"] for row in curve]
+    assert accuracy == sorted(accuracy)  # a hit at k is a hit at every larger k
+    baseline_curve = (tmp_path / "softmax_train.csv").read_text().splitlines()
+    assert baseline_curve[0] == "epoch,accuracy,loss"
+    assert len(baseline_curve) == 1 + tiny["config"].train.epochs
+
+
+def test_training_writes_model_phrases_and_curves(tiny):
+    model_dir = tiny["root"] / "model"
+    assert (model_dir / similarity.MODEL_FILE).is_file()
+    assert (model_dir / similarity.PHRASES_FILE).read_text(encoding="utf-8").split() == list(
+        dict.fromkeys(w for g in read_cilin(tiny["root"] / "cilin.txt") for w in g.members)
+    )
+    curves = (tiny["root"] / "curves.csv").read_text().splitlines()
+    assert len(curves) == 1 + tiny["config"].train.epochs
+    assert tiny["summary"]["final_accuracy"] > 0.9
+
+
+def test_encoder_gives_unit_vectors_and_zero_for_empty_text(tiny):
+    root = tiny["root"]
+    encoder = similarity.Encoder.load(
+        root / "model" / similarity.MODEL_FILE, root / "vocab.json", batch_size=2
+    )
+    vectors = encoder.vectors(["甲乙", "", "龘龘", "乙乙甲甲乙", "丙"])
+    assert vectors.shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors[[0, 2, 3, 4]], axis=1), 1.0, rtol=1e-5)
+    assert (vectors[1] == 0).all()
+    # Batching and ordering do not change a text's vector.
+    np.testing.assert_allclose(encoder.vectors(["丙", "甲乙"]), vectors[[4, 0]], atol=1e-6)
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pyfunc_dir(tiny, tmp_path, mlflow_store):
+    out = tmp_path / "pyfunc"
+    root = tiny["root"]
+    with tracking.stage_run("similarity", "export", {}, data_hash="h"):
+        tracking.export_pyfunc(
+            out, similarity.pyfunc(tiny["config"], root / "vocab.json", root / "model")
+        )
+    return out
+
+
+def test_pyfunc_text_mode_answers_vectors(pyfunc_dir):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    out = model.predict(pd.DataFrame({"text": ["甲乙", "乙甲", "庚辛"]}))
+    assert list(out.columns) == ["vector"]
+    vectors = np.array(out["vector"].tolist())
+    assert vectors.shape == (3, 16)
+    cosines = vectors @ vectors.T
+    assert cosines[0, 1] > cosines[0, 2]  # synonyms closer than strangers
+
+
+def test_pyfunc_query_mode_ranks_candidates_and_known_phrases(pyfunc_dir):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    out = model.predict(
+        pd.DataFrame({"query": ["甲乙", "庚辛"], "candidates": [["丙丁", "乙甲", "庚辛"], []]})
+    )
+    assert out["ranked"][0][0] == "乙甲" and sorted(out["ranked"][0]) == ["丙丁", "乙甲", "庚辛"]
+    assert list(out["scores"][0]) == sorted(out["scores"][0], reverse=True)
+    assert list(out["ranked"][1]) == []
+    known = model.predict(pd.DataFrame({"query": ["甲乙"]}), params={"top_k": 3})
+    # The query's own text is left out; its group's phrases come first.
+    assert set(known["ranked"][0]) == {"乙甲", "甲甲", "乙乙甲"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "params", "message"),
+    [
+        (pd.DataFrame({"words": ["甲"]}), None, "expected a column 'text'.*has neither"),
+        (pd.DataFrame({"text": ["甲"], "query": ["甲"]}), None, "not both"),
+        (pd.DataFrame({"query": ["甲"], "candidates": [None]}), None, "row 0: 'candidates'"),
+        (pd.DataFrame({"query": ["甲"]}), {"top_k": 0}, "top_k must be between 1 and 1000"),
+        (pd.DataFrame({"text": [3]}), None, "text"),
+        (pd.DataFrame({"query": ["甲"], "candidates": ["乙甲"]}), None, "candidates"),
+    ],
+)
+def test_pyfunc_bad_input_is_a_clear_error(pyfunc_dir, frame, params, message):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+        model.predict(frame, params=params)
+
+
+def test_cli_similar_prints_known_phrases_with_scores(pyfunc_dir, capsys):
+    assert cli.main(["similar", "--model", str(pyfunc_dir), "--top", "2", "丙丁"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    phrase, score = lines[0].split("\t")
+    assert set(phrase) <= set("丙丁") and -1.0 <= float(score) <= 1.0
+
+
+@pytest.mark.slow
+def test_served_model_answers_both_modes_over_http(pyfunc_dir, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(pyfunc_dir)]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
+        texts = {"dataframe_split": {"columns": ["text"], "data": [["甲乙"]]}}
+        vectors = requests.post(f"{url}/invocations", json=texts)
+        assert vectors.status_code == 200, vectors.text
+        assert len(vectors.json()["predictions"][0]["vector"]) == 16
+        ranked = requests.post(
+            f"{url}/invocations",
+            json={
+                "dataframe_records": [{"query": "甲乙", "candidates": ["庚辛", "乙甲"]}],
+                "params": {"top_k": 2},
+            },
+        )
+        assert ranked.status_code == 200, ranked.text
+        assert ranked.json()["predictions"][0]["ranked"] == ["乙甲", "庚辛"]
+        missing = requests.post(
+            f"{url}/invocations", json={"dataframe_split": {"columns": ["x"], "data": [["甲"]]}}
+        )
+        assert missing.status_code == 400
+        assert "expected a column 'text'" in missing.json()["message"]
