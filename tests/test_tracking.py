@@ -52,6 +52,18 @@ def test_runs_log_params_and_per_epoch_metrics(mlflow_store):
     assert experiment.artifact_location.endswith("mlartifacts/kexue-crf")
 
 
+def test_artifacts_stay_beside_a_sqlite_store_anywhere(tmp_path, monkeypatch):
+    store = tmp_path / "store" / "runs.db"
+    store.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with tracking.stage_run("crf", "train", {}, data_hash="h"):
+        tracking.log_metrics({"loss": 1.0})
+    experiment = mlflow.MlflowClient().get_experiment_by_name("kexue-crf")
+    assert experiment.artifact_location == (store.parent / "mlartifacts" / "kexue-crf").as_uri()
+
+
 def test_default_store_is_the_project_even_inside_a_dvc_temp_workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc123"

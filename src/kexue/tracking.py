@@ -71,9 +71,19 @@ def _experiment_id(mlflow, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if _is_local_store(tracking_uri()):
-        location = (project_root() / "mlartifacts" / name).as_uri()
+    store = _sqlite_file(tracking_uri())
+    if store is not None:
+        # Artifacts beside the database, so a store in a temp folder keeps its files there too.
+        location = (store.parent / "mlartifacts" / name).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI, None for any other store."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return None
+    return Path(uri.removeprefix(prefix)).resolve()
 
 
 def git_commit() -> str:
