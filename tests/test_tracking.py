@@ -6,30 +6,17 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+from conftest import export_crf
 from servers import free_port, serve
 
 from kexue import tracking
-from kexue.models import crf
-
-
-def export(trained_crf, out_dir, score):
-    """One export run: log the pyfunc, register it with `score` as its test F1."""
-    config = trained_crf["config"]
-    with tracking.stage_run("crf", "export", {"test": 1}, data_hash="abc") as run:
-        info = tracking.export_pyfunc(
-            out_dir, crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"])
-        )
-        version, champion = tracking.register_model(
-            info, "kexue-crf", crf.DESCRIPTION, "f1", score, {}
-        )
-    return run, version, champion
 
 
 def test_champion_moves_only_to_a_version_at_least_as_good(trained_crf, mlflow_store, tmp_path):
-    run, first, crowned = export(trained_crf, tmp_path / "v1", score=0.90)
+    run, first, crowned = export_crf(trained_crf, tmp_path / "v1", score=0.90)
     assert (first, crowned) == ("1", True)
-    assert export(trained_crf, tmp_path / "v2", score=0.85)[1:] == ("2", False)
-    assert export(trained_crf, tmp_path / "v3", score=0.90)[1:] == ("3", True)
+    assert export_crf(trained_crf, tmp_path / "v2", score=0.85)[1:] == ("2", False)
+    assert export_crf(trained_crf, tmp_path / "v3", score=0.90)[1:] == ("3", True)
 
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("kexue-crf", "champion").version) == "3"
@@ -83,7 +70,7 @@ def test_unreachable_server_fails_fast_with_one_line(monkeypatch):
 
 
 def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_store):
-    export(trained_crf, tmp_path / "pyfunc", score=0.9)
+    export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
     model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     out = model.predict(pd.DataFrame({"text": ["我们喜欢北京公园。", ""]}))
     assert out["words"].tolist() == [["我们", "喜欢", "北京", "公园", "。"], []]
@@ -95,7 +82,7 @@ def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_st
 
 @pytest.mark.slow
 def test_served_model_answers_json_and_rejects_malformed_input(trained_crf, tmp_path, mlflow_store):
-    export(trained_crf, tmp_path / "pyfunc", score=0.9)
+    export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
     port = free_port()
     command = [
         sys.executable,
