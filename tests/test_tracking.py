@@ -1,13 +1,10 @@
-"""MLflow for real: a SQLite store, runs with tags, registry aliases, pyfunc, a served model."""
-
-import sys
+"""MLflow for real: a SQLite store, runs with tags, registry aliases, a pyfunc loaded back."""
 
 import mlflow
 import pandas as pd
 import pytest
-import requests
 from conftest import export_crf
-from servers import free_port, serve
+from servers import free_port
 
 from kexue import tracking
 
@@ -78,62 +75,3 @@ def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_st
     assert champion.predict(pd.DataFrame({"text": ["散步"]}))["words"].tolist() == [["散步"]]
     with pytest.raises(mlflow.exceptions.MlflowException):
         model.predict(pd.DataFrame({"text": [12]}))
-
-
-@pytest.mark.slow
-def test_served_model_answers_json_and_rejects_malformed_input(trained_crf, tmp_path, mlflow_store):
-    export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        str(tmp_path / "pyfunc"),
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
-        answer = requests.post(
-            f"{url}/invocations",
-            json={
-                "dataframe_split": {
-                    "columns": ["text"],
-                    "data": [["我们喜欢北京公园。"], ["图书馆很好"]],
-                }
-            },
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"] == [
-            {"words": ["我们", "喜欢", "北京", "公园", "。"]},
-            {"words": ["图书馆", "很", "好"]},
-        ]
-
-        malformed = requests.post(
-            f"{url}/invocations",
-            data="{not json",
-            headers={"Content-Type": "application/json"},
-            timeout=30,
-        )
-        assert 400 <= malformed.status_code < 500
-        assert "message" in malformed.json()
-
-        wrong_type = requests.post(
-            f"{url}/invocations",
-            json={"dataframe_split": {"columns": ["text"], "data": [[3]]}},
-            timeout=30,
-        )
-        assert 400 <= wrong_type.status_code < 500
-        assert "text" in wrong_type.json()["message"]
-
-        # Still answering after bad requests.
-        again = requests.post(f"{url}/invocations", json={"inputs": {"text": ["散步"]}}, timeout=30)
-        assert again.status_code == 200 and again.json()["predictions"] == [{"words": ["散步"]}]

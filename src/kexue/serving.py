@@ -47,6 +47,8 @@ def text_column(model_input: Any, column: str, max_chars: int) -> list[str]:
         raise bad_request(
             f"expected a column '{column}' of strings, got {type(model_input).__name__}"
         )
+    if not texts:
+        raise bad_request(f"input has no rows; send at least one '{column}' (\"\" is allowed)")
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise bad_request(f"row {row}: '{column}' must be a string, got {type(text).__name__}")
