@@ -4,91 +4,19 @@ Checks that `dvc repro` builds, does nothing when nothing changed, reruns exactl
 a change touches, and that `dvc exp run --temp` logs into the project's own MLflow store.
 """
 
-import re
-import shutil
 import sqlite3
-import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, tiny_corpus_lines
-from servers import tool_env
+from conftest import tiny_corpus_lines
+from dvc_project import CRF_BRANCH, TINY_CRF, make_project, mlflow_runs, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow
-
-CRF_BRANCH = ["prepare_crf", "vocab@crf", "train_crf", "evaluate_crf", "export_crf"]
-
-
-def run(cwd, *command, check=True):
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=ENV)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-ENV = tool_env(
-    {
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-        "MLFLOW_TRACKING_URI": "",
-        "DVC_NO_ANALYTICS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-)
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def set_params(repo, changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
-
-
-def mlflow_runs(repo) -> list[tuple[str, str]]:
-    with sqlite3.connect(repo / "mlruns.db") as db:
-        return db.execute("select name, status from runs order by start_time").fetchall()
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]:
-        shutil.copy(REPO / name, repo / name)
-    for folder in ["stages", "src"]:
-        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "data").mkdir()
-    shutil.copy(REPO / "data" / "jieba_userdict.txt", repo / "data")
-    (repo / "data" / "user").mkdir()
-    (repo / "data" / "user" / "corpus.txt").write_text(
-        "\n".join(tiny_corpus_lines(200, seed=3)) + "\n"
-    )
-    set_params(
-        repo,
-        {
-            "crf.corpus": "data/user/corpus.txt",
-            "crf.model.embedding_dim": 16,
-            "crf.model.conv_filters": 16,
-            "crf.model.conv_layers": 1,
-            "crf.train.epochs": 3,
-            "crf.train.batch_size": 16,
-        },
-    )
-    run(repo, "git", "init", "-q")
-    run(repo, "dvc", "init", "-q")
-    run(repo, "dvc", "add", "-q", "data/user/corpus.txt")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "tiny project")
-    return repo
+    return make_project(tmp_path_factory.mktemp("pipeline"), TINY_CRF)
 
 
 def test_repro_builds_the_crf_branch_and_registers_a_champion(repo):

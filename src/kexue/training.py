@@ -71,22 +71,42 @@ def is_chief() -> bool:
 
 
 class EpochCurves(keras.callbacks.Callback):
-    """After each epoch: append the logs to a CSV (a DVC plot) and log them to MLflow."""
+    """After each epoch: write the logs so far to a CSV (a DVC plot) and log them to MLflow.
 
-    def __init__(self, path: str | Path):
+    A copy in the backup folder outlives an interrupted run (DVC deletes a stage's outputs
+    before rerunning it), so a resumed training still writes the curve from epoch 1.
+    """
+
+    def __init__(self, path: str | Path, backup_dir: str | Path):
         super().__init__()
         self.path = Path(path)
+        self.backup = Path(backup_dir) / "curves.csv"
         self.rows: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        # Runs after BackupAndRestore's: a restored training starts past epoch 0.
+        resumed_at = getattr(self.model, "_initial_epoch", None) or 0
+        if resumed_at and self.backup.is_file():
+            with self.backup.open(encoding="utf-8", newline="") as file:
+                rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+            self.rows = [{**row, "epoch": int(row["epoch"])} for row in rows[:resumed_at]]
+            for row in self.rows:  # this run is a new MLflow run: it gets the whole curve
+                tracking.log_metrics(_without_epoch(row), step=row["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        self.rows.append(row)
-        tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
+        tracking.log_metrics(_without_epoch(row), step=epoch + 1)
         buffer = stdio.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(row))
         writer.writeheader()
         writer.writerows(self.rows)
         io.write_text(self.path, buffer.getvalue())
+        io.write_text(self.backup, buffer.getvalue())
+
+
+def _without_epoch(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "epoch"}
 
 
 def hold_out(items: list, fraction: float) -> tuple[list, list]:
@@ -144,7 +164,7 @@ def fit(
     callbacks = [
         # Restores the last finished epoch after a crash; removed when training completes.
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
-        EpochCurves(curves_path),
+        EpochCurves(curves_path, backup_dir),
     ]
     return model.fit(
         train_data,
