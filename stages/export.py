@@ -1,6 +1,9 @@
 """DVC stage export_<model>: save the MLflow pyfunc, register it, crown it if it is best."""
 
+import inspect
+
 from kexue import io, params, tracking
+from kexue.text.segmentation import JiebaSettings
 
 from _common import model_config, run, stage_args
 
@@ -11,10 +14,15 @@ def main() -> None:
     metrics = io.read_json(args.metrics)
     logged = params.flatten({"profile": all_params.get("profile"), args.model: config})
     data_hash = io.hash_paths([args.vocab, args.model_dir / module.MODEL_FILE])
+    extra = {}
+    # A model that reads jieba's words cuts raw input with the `segment` stage's settings.
+    if "jieba" in inspect.signature(module.pyfunc).parameters:
+        extra["jieba"] = params.parse(JiebaSettings, params.block(all_params, "segment"), "segment")
+        logged.update(params.flatten({"segment": extra["jieba"]}))
     with tracking.stage_run(args.model, "export", logged, data_hash):
         tracking.log_metrics(metrics)
         model_info = tracking.export_pyfunc(
-            args.out, module.pyfunc(config, args.vocab, args.model_dir)
+            args.out, module.pyfunc(config, args.vocab, args.model_dir, **extra)
         )
         version, champion = tracking.register_model(
             model_info,

@@ -61,11 +61,11 @@ def trained_crf(tmp_path_factory):
     return train_tiny(crf, tiny_crf_config(), corpus, root)
 
 
-def train_tiny(module, config, corpus: Path, root: Path) -> dict:
-    """prepare -> vocab -> train one model (a kexue.models module) on a tiny corpus, all
-    under `root`: the paths, the config, prepare's counts and train's summary."""
+def train_tiny(module, config, corpus: Path | list[Path], root: Path) -> dict:
+    """prepare -> vocab -> train one model (a kexue.models module) on a tiny corpus (or
+    corpora), all under `root`: the paths, the config, prepare's counts and train's summary."""
     paths = {"data": root / "data", "vocab": root / "vocab.json", "model_dir": root / "model"}
-    counts = module.prepare(config, [corpus], paths["data"])
+    counts = module.prepare(config, corpus if isinstance(corpus, list) else [corpus], paths["data"])
     module.build_vocab(config, paths["data"]).save(paths["vocab"])
     summary = module.train(
         config,

@@ -68,6 +68,51 @@ def test_exp_run_in_a_temp_workspace_logs_to_the_project_store(repo):
     assert not list((repo / ".dvc" / "tmp").rglob("mlruns.db"))
 
 
+ATTENTION_BRANCH = [
+    "prepare_attention",
+    "vocab@attention",
+    "train_attention",
+    "evaluate_attention",
+    "export_attention",
+]
+TINY_ATTENTION = {
+    "segment.corpora": {
+        "reviews_pos": "data/user/reviews_pos.txt",
+        "reviews_neg": "data/user/reviews_neg.txt",
+    },
+    "attention.vocab.min_count": 1,
+    "attention.model.embedding_dim": 8,
+    "attention.model.heads": 2,
+    "attention.model.size_per_head": 4,
+    "attention.train.epochs": 1,
+}
+
+
+def test_jieba_dictionary_or_reviews_rerun_only_segment_vocab_and_attention(repo):
+    for name, text in [("reviews_pos", "质量很好，推荐"), ("reviews_neg", "质量很差，退货")]:
+        lines = [f"{text}{i}" for i in range(40)]
+        (repo / "data" / "user" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        run(repo, "dvc", "add", "-q", f"data/user/{name}.txt")
+    set_params(repo, TINY_ATTENTION)
+    built = run(repo, "dvc", "repro", "export_crf", "export_attention")
+    segments = ["segment@reviews_pos", "segment@reviews_neg"]
+    assert stages_run(built.stdout) == [*segments, *ATTENTION_BRANCH]
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "attention")
+
+    # A user word that changes how the reviews are cut.
+    (repo / "data" / "jieba_userdict.txt").write_text("质量很好 100000\n", encoding="utf-8")
+    result = run(repo, "dvc", "repro", "export_crf", "export_attention")
+    assert stages_run(result.stdout) == [*segments, *ATTENTION_BRANCH]
+
+    (repo / "data" / "user" / "reviews_neg.txt").write_text("太差了\n" * 40)
+    run(repo, "dvc", "add", "-q", "data/user/reviews_neg.txt")
+    result = run(repo, "dvc", "repro", "export_crf", "export_attention")
+    assert stages_run(result.stdout) == ["segment@reviews_neg", *ATTENTION_BRANCH]
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "new dictionary and reviews")
+
+
 def test_wrong_param_type_fails_with_one_line_naming_the_key(repo):
     set_params(repo, {"crf.train.epochs": "three"})
     result = run(

@@ -4,6 +4,7 @@ kexue segment "今天天气不错"          # words, from the registry's champio
 echo "今天天气不错" | kexue segment   # one text per input line
 kexue title "床前明月光，疑是地上霜。"   # a title for each text (seq2seq, beam search)
 kexue similar "人类" --top 5          # the known phrases nearest in meaning, with cosines
+kexue sentiment "质量很好，推荐"        # probability that a review is positive, and the label
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kexue.errors import KexueError
 SEGMENTER = "kexue-crf"
 TITLER = "kexue-title"
 SIMILARITY = "kexue-similarity"
+SENTIMENT = "kexue-attention"
 
 
 def _load(model_uri: str):
@@ -80,6 +82,15 @@ def similar(args: argparse.Namespace) -> None:
             print(f"{phrase}\t{score:.4f}")
 
 
+def sentiment(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    if not texts:
+        return
+    model = _load(args.model or tracking.champion_uri(SENTIMENT))
+    for positive in _predict(model, pd.DataFrame({"text": texts}), {})["positive"]:
+        print(f"{positive:.4f}\t{'positive' if positive >= 0.5 else 'negative'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         verbs, similar, "known phrases nearest in meaning (GRU + AM-Softmax)", "look up", SIMILARITY
     )
     sim.add_argument("--top", type=int, help="phrases to print (default: the model's top_k)")
+    _add_verb(
+        verbs, sentiment, "is a review positive? (self-attention)", "classify", SENTIMENT
+    )
     return parser
 
 

@@ -10,6 +10,8 @@
                                              (a model that trains a baseline there adds a
                                              `runtime` parameter; the stage passes it)
     pyfunc(config, vocab_file, model_dir)    -> kwargs for mlflow.pyfunc.save_model
+                                             (a model that reads jieba's words adds a
+                                             `jieba` parameter: the `segment` settings)
 
 See models/crf.py for the first complete example.
 """
@@ -17,7 +19,7 @@ See models/crf.py for the first complete example.
 import importlib
 from types import ModuleType
 
-MODELS = ("crf", "title", "similarity")
+MODELS = ("crf", "attention", "title", "similarity")
 
 
 def load(name: str) -> ModuleType:
