@@ -473,7 +473,12 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
             texts = serving.text_column(model_input, "text", self.settings["max_request_chars"])
             return pd.DataFrame({"vector": [v.tolist() for v in self.encoder.vectors(texts)]})
         if "query" in columns:
-            return self.rank(model_input, top_k_param(params, self.settings))
+            return self.rank(
+                model_input,
+                serving.int_param(
+                    params, "top_k", self.settings["top_k"], self.settings["max_top_k"]
+                ),
+            )
         raise serving.bad_request(
             "expected a column 'text' (-> vector) or a column 'query' with an optional column "
             "'candidates' (-> ranked, scores); the input has neither"
@@ -523,17 +528,6 @@ def candidate_lists(column: pd.Series, max_chars: int) -> list[list[str]]:
             f"candidates have {total} characters; the limit per request is {max_chars}"
         )
     return lists
-
-
-def top_k_param(params: dict | None, settings: dict) -> int:
-    top_k = (params or {}).get("top_k", settings["top_k"])
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise serving.bad_request(f"top_k must be an integer, got {top_k!r}")
-    if not 1 <= top_k <= settings["max_top_k"]:
-        raise serving.bad_request(
-            f"top_k must be between 1 and {settings['max_top_k']}, got {top_k}"
-        )
-    return int(top_k)
 
 
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
