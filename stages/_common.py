@@ -15,7 +15,7 @@ from kexue.errors import KexueError
 
 PATH_OPTIONS = {
     "data": "the model's prepared data folder",
-    "vocab": "the model's vocabulary (JSON)",
+    "vocab": "the model's vocabulary (JSON); a model without one (ode, capsule) omits it",
     "model-dir": "folder of the trained model",
     "curves": "per-epoch CSV (a DVC plot)",
     "metrics": "JSON for `dvc metrics`",
@@ -29,7 +29,9 @@ def stage_args(description: str, *path_options: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model", choices=models.MODELS)
     for option in path_options:
-        parser.add_argument(f"--{option}", type=Path, required=True, help=PATH_OPTIONS[option])
+        parser.add_argument(
+            f"--{option}", type=Path, required=option != "vocab", help=PATH_OPTIONS[option]
+        )
     return parser.parse_args()
 
 

@@ -11,7 +11,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model")
     parser.add_argument("out", type=Path, help="folder for the prepared splits")
-    parser.add_argument("corpora", type=Path, nargs="+", help="the raw corpus file(s)")
+    parser.add_argument(
+        "corpora", type=Path, nargs="*", help="the raw corpus file(s); none for generated data"
+    )
     args = parser.parse_args()
     _, module, config = model_config(args.model)
     print(json.dumps(module.prepare(config, args.corpora, args.out)))

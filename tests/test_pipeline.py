@@ -150,3 +150,22 @@ def test_missing_corpus_fails_with_one_line_naming_the_file(repo, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "error: data/user/missing.txt: file not found"
     assert not (tmp_path / "out").exists()
+
+
+ODE_BRANCH = ["prepare_ode", "train_ode", "evaluate_ode", "export_ode"]
+
+
+def test_ode_branch_builds_registers_and_reruns_on_noise(repo):
+    set_params(repo, {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20})
+    built = run(repo, "dvc", "repro", "export_ode")
+    assert stages_run(built.stdout) == ODE_BRANCH
+    metrics = yaml.safe_load((repo / "metrics" / "ode.json").read_text())
+    assert {"r2", "max_rel_error", "scipy_max_rel_error", "rel_error_a1"} <= set(metrics)
+    assert [name for name, _ in mlflow_runs(repo)][-3:] == ODE_BRANCH[1:]
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "ode")
+
+    # Noisy observations are new data: everything downstream of them reruns.
+    set_params(repo, {"ode.data.noise": 0.01})
+    result = run(repo, "dvc", "repro", "export_ode")
+    assert stages_run(result.stdout) == ODE_BRANCH

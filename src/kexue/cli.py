@@ -5,6 +5,7 @@ echo "今天天气不错" | kexue segment   # one text per input line
 kexue title "床前明月光，疑是地上霜。"   # a title for each text (seq2seq, beam search)
 kexue similar "人类" --top 5          # the known phrases nearest in meaning, with cosines
 kexue sentiment "质量很好，推荐"        # probability that a review is positive, and the label
+kexue ode 10 20 40 --x1 120           # both populations at these times (the fitted ODE)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SEGMENTER = "kexue-crf"
 TITLER = "kexue-title"
 SIMILARITY = "kexue-similarity"
 SENTIMENT = "kexue-attention"
+ODE = "kexue-ode"
 
 
 def _load(model_uri: str):
@@ -91,6 +93,23 @@ def sentiment(args: argparse.Namespace) -> None:
         print(f"{positive:.4f}\t{'positive' if positive >= 0.5 else 'negative'}")
 
 
+def ode(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    if not texts:
+        return
+    times = []
+    for text in texts:
+        try:
+            times.append(float(text))
+        except ValueError:
+            raise KexueError(f"a time must be a number, got {text!r}") from None
+    model = _load(args.model or tracking.champion_uri(ODE))
+    start = {name: value for name, value in (("x1", args.x1), ("x2", args.x2)) if value is not None}
+    print("t\tx1\tx2")
+    for row in _predict(model, pd.DataFrame({"t": times}), start).itertuples(index=False):
+        print(f"{row.t:g}\t{row.x1:.4f}\t{row.x2:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,9 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
         verbs, similar, "known phrases nearest in meaning (GRU + AM-Softmax)", "look up", SIMILARITY
     )
     sim.add_argument("--top", type=int, help="phrases to print (default: the model's top_k)")
-    _add_verb(
-        verbs, sentiment, "is a review positive? (self-attention)", "classify", SENTIMENT
+    _add_verb(verbs, sentiment, "is a review positive? (self-attention)", "classify", SENTIMENT)
+    populations = _add_verb(
+        verbs,
+        ode,
+        "both species' populations at ascending times (RNN as ODE solver)",
+        "solve at",
+        ODE,
     )
+    for species in ("x1", "x2"):
+        populations.add_argument(
+            f"--{species}",
+            type=float,
+            help=f"{species} at the first observation (default: observed)",
+        )
     return parser
 
 

@@ -82,10 +82,11 @@ def read_lines(path: str | os.PathLike, allow_empty_lines: bool = False) -> list
     return lines
 
 
-def hash_paths(paths: list[str | os.PathLike]) -> str:
-    """SHA-256 over the contents of files and folders (sorted), to tag runs with their data."""
+def hash_paths(paths: list[str | os.PathLike | None]) -> str:
+    """SHA-256 over the contents of files and folders (sorted), to tag runs with their data.
+    None stands for an input a model does not have (a vocabulary) and is skipped."""
     digest = hashlib.sha256()
-    for root in sorted(Path(p) for p in paths):
+    for root in sorted(Path(p) for p in paths if p is not None):
         files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
         for file in files:
             digest.update(str(file.relative_to(root.parent)).encode())

@@ -19,7 +19,7 @@ See models/crf.py for the first complete example.
 import importlib
 from types import ModuleType
 
-MODELS = ("crf", "attention", "title", "similarity")
+MODELS = ("crf", "attention", "title", "similarity", "ode")
 
 
 def load(name: str) -> ModuleType:

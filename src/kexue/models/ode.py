@@ -1,0 +1,484 @@
+"""Fitting an ODE's parameters with an RNN, after "貌离神合的RNN与ODE：花式RNN简介".
+
+The post's two-species competition model (layers/ode.py) is integrated by `keras.layers.RNN`
+over a custom cell whose step is one Runge-Kutta (or Euler) step; the cell's weights are the
+six parameters, so fitting them to a few observations is ordinary gradient descent through
+the unrolled solver.
+
+Data: the post's observations are values of this very model at t = 0, 10, 15, 30, 36, 40, 42
+(params.yaml `ode.data.truth` reproduces its table to the printed precision), so `prepare`
+generates them, with optional noise, and keeps the truth to score the fit. A CSV of your own
+observations (`t,x1,x2`, first row the start) replaces them; then there is no truth to score.
+
+Evaluate compares the fit with the truth (relative error of each parameter, and of the
+trajectory beyond the data), and with a reference fit by SciPy (least squares over an adaptive
+ODE solver) from the same starting guesses.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import ops
+
+from kexue import io, serving, training
+from kexue.errors import DataError
+from kexue.layers.ode import PARAMETERS, CompetitionODECell
+
+MODEL_FILE = "model.keras"
+START_FILE = "start.json"  # the first observation, where served trajectories begin
+OBSERVATIONS = "observations.csv"
+TRUTH = "truth.json"
+COLUMNS = ("t", "x1", "x2")
+SCORE = "r2"  # the champion is the version whose trajectory explains the observations best
+DESCRIPTION = (
+    "Two-species competition ODE fitted through an RNN whose cell is a Runge-Kutta step "
+    "(kexue.fm, 貌离神合的RNN与ODE). Input: a column `t` of times. Params: `x1`, `x2`, the "
+    "populations at the first observed time (default: the observed ones). Output: columns "
+    "`t`, `x1`, `x2`, the fitted model's populations at those times."
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    truth: dict[str, float]  # the parameters that generate the observations
+    start: list[float]  # x1, x2 at the first time
+    times: list[float]  # observation times, ascending; the first is the start
+    noise: float  # relative standard deviation of Gaussian noise on the observations
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    method: Literal["euler", "rk4"]
+    step: float  # the solver's largest step; observation times are always hit exactly
+    initial: dict[str, float]  # starting guesses of the six parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    steps_per_epoch: int  # gradient steps on the one trajectory per epoch
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    horizon: float  # the fit is compared with the truth up to this time (past the data)
+    points: int  # points of the trajectory plot
+    reference_range: float  # SciPy's fit searches initial / range .. initial * range
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_points: int  # times per request
+    max_time: float  # latest time a request may ask for (the solver steps up to it)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    serve: ServeConfig
+    registered_name: str
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def competition_rhs(params: dict[str, float]):
+    """dx/dt as SciPy's solvers want it: f(t, x) for one state x of shape (2,)."""
+
+    def rhs(_t, x):
+        x1, x2 = x
+        return [
+            params["r1"] * x1 * (1 - x1 * params["inv_n1"]) - params["a1"] * x1 * x2,
+            params["r2"] * x2 * (1 - x2 * params["inv_n2"]) - params["a2"] * x1 * x2,
+        ]
+
+    return rhs
+
+
+def exact_trajectory(params: dict[str, float], start, times) -> np.ndarray:
+    """(len(times), 2): the ODE solved to near machine precision (DOP853, tight tolerances)."""
+    from scipy.integrate import solve_ivp
+
+    times = np.asarray(times, dtype=np.float64)
+    solution = solve_ivp(
+        competition_rhs(params),
+        (times[0], times[-1]),
+        np.asarray(start, dtype=np.float64),
+        method="DOP853",
+        t_eval=times,
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    if not solution.success:
+        raise DataError(f"the ODE solver failed: {solution.message}")
+    return solution.y.T
+
+
+def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
+    """Observations (and the truth, when generated) -> out_dir/observations.csv, truth.json."""
+    if len(corpora) > 1:
+        raise DataError(f"ode reads one observations CSV, got {len(corpora)} files")
+    if corpora:
+        observations = read_observations(corpora[0])
+        (out_dir / TRUTH).unlink(missing_ok=True)
+    else:
+        observations = generate(config.data)
+        io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
+    write_observations(out_dir / OBSERVATIONS, observations)
+    return {"observations": len(observations), "generated": int(not corpora)}
+
+
+def generate(data: DataConfig) -> np.ndarray:
+    """(n, 3) rows of t, x1, x2 from the truth, times relative Gaussian noise (not the start)."""
+    missing = sorted(set(PARAMETERS) - set(data.truth))
+    if missing:
+        raise DataError(f"params.yaml: ode.data.truth: missing {missing[0]}")
+    _check_times(data.times, "params.yaml: ode.data.times")
+    states = exact_trajectory(data.truth, data.start, data.times)
+    noise = np.random.default_rng(data.seed).standard_normal(states.shape) * data.noise
+    noise[0] = 0  # the start is known: the fit begins from it
+    return np.column_stack([data.times, states * (1 + noise)])
+
+
+def _check_times(times, where: str) -> None:
+    if len(times) < 2:
+        raise DataError(f"{where}: expected at least 2 times, got {len(times)}")
+    if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        raise DataError(f"{where}: times must increase strictly, got {list(times)}")
+
+
+def read_observations(path: Path) -> np.ndarray:
+    """Rows of `t,x1,x2` (a header line first), times strictly increasing, populations > 0."""
+    lines = io.read_lines(path)
+    if [c.strip() for c in lines[0].split(",")] != list(COLUMNS):
+        raise DataError(f"{path}:1: expected the header t,x1,x2, got {lines[0]!r}")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        try:
+            row = [float(f) for f in fields]
+        except ValueError:
+            row = []
+        if len(row) != 3 or not all(math.isfinite(v) for v in row):
+            raise DataError(f"{path}:{number}: expected three numbers t,x1,x2, got {line!r}")
+        if row[1] <= 0 or row[2] <= 0:
+            raise DataError(f"{path}:{number}: populations must be positive, got {line!r}")
+        if rows and row[0] <= rows[-1][0]:
+            raise DataError(f"{path}:{number}: t must increase, got {row[0]} after {rows[-1][0]}")
+        rows.append(row)
+    if len(rows) < 2:
+        raise DataError(f"{path}: expected at least 2 observations, got {len(rows)}")
+    return np.array(rows, dtype=np.float64)
+
+
+def write_observations(path: Path, rows: np.ndarray) -> None:
+    io.write_lines(path, [",".join(COLUMNS)] + [",".join(f"{v:.6f}" for v in row) for row in rows])
+
+
+def load_observations(data_dir: Path) -> np.ndarray:
+    with (data_dir / OBSERVATIONS).open(encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return np.array([[float(row[c]) for c in COLUMNS] for row in rows], dtype=np.float64)
+
+
+# -- model --------------------------------------------------------------------------------
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """(step sizes (batch, steps, 1), start (batch, 2)) -> populations after each step."""
+    steps = keras.Input(shape=(None, 1), name="steps")
+    start = keras.Input(shape=(2,), name="start")
+    cell = CompetitionODECell(config.initial, config.method, name="competition")
+    trajectory = keras.layers.RNN(cell, return_sequences=True, name="solver")(
+        steps, initial_state=[start]
+    )
+    return keras.Model([steps, start], trajectory, name="ode_rnn")
+
+
+def fitted_parameters(model: keras.Model) -> dict[str, float]:
+    cell = model.get_layer("solver").cell
+    return {name: float(value) for name, value in cell.parameters().items()}
+
+
+def solver_grid(times: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """(step sizes, where each time lands): a grid from times[0] to times[-1] with steps of at
+    most `step` that passes through every time; position j means the state after j steps."""
+    times = np.asarray(times, dtype=np.float64)
+    regular = np.arange(times[0], times[-1], step)
+    grid = np.unique(np.concatenate([regular, times]))
+    return np.diff(grid), np.searchsorted(grid, times)
+
+
+@keras.saving.register_keras_serializable(package="kexue")
+def relative_squared_error(y_true, y_pred):
+    """Mean of ((prediction - observation) / observation)^2: both species count alike,
+    whatever their size."""
+    return ops.mean(ops.square(y_pred / y_true - 1), axis=-1)
+
+
+def training_batch(observations: np.ndarray, step: float):
+    """One batch, the whole trajectory: inputs, targets at every solver step (1 where there
+    is no observation) and weights (1 where there is one)."""
+    steps, positions = solver_grid(observations[:, 0], step)
+    targets = np.ones((len(steps), 2), dtype=np.float32)
+    weights = np.zeros(len(steps), dtype=np.float32)
+    targets[positions[1:] - 1] = observations[1:, 1:]
+    weights[positions[1:] - 1] = 1
+    inputs = (steps[None, :, None].astype(np.float32), observations[None, 0, 1:].astype(np.float32))
+    return inputs, targets[None], weights[None]
+
+
+def train(
+    config: Config,
+    runtime: training.RuntimeConfig,
+    data_dir: Path,
+    vocab_file: Path | None,
+    model_dir: Path,
+    curves_file: Path,
+) -> dict[str, float]:
+    strategy = training.setup(runtime)
+    observations = load_observations(data_dir)
+    batch = tf.data.Dataset.from_tensors(training_batch(observations, config.model.step))
+    with strategy.scope():
+        model = build_model(config.model)
+        model.compile(
+            # Decayed to zero: the six parameters sit in a long narrow valley (a1 and 1/N1
+            # trade off), where a constant rate keeps Adam bouncing across it.
+            optimizer=keras.optimizers.Adam(
+                keras.optimizers.schedules.CosineDecay(
+                    config.train.learning_rate,
+                    decay_steps=config.train.epochs * config.train.steps_per_epoch,
+                )
+            ),
+            loss=relative_squared_error,
+        )
+    history = training.fit(
+        model,
+        batch.repeat(config.train.steps_per_epoch),
+        None,  # one trajectory: nothing to hold out that the fit would not need
+        epochs=config.train.epochs,
+        curves_path=curves_file,
+        backup_dir=Path(runtime.backup_dir),
+    )
+    training.save_model(model, model_dir / MODEL_FILE)
+    io.write_json(model_dir / START_FILE, {"t": observations[0, 0], "x": list(observations[0, 1:])})
+    fitted = {f"fit_{name}": value for name, value in fitted_parameters(model).items()}
+    return {"observations": len(observations), "final_loss": history.history["loss"][-1], **fitted}
+
+
+# -- inference ----------------------------------------------------------------------------
+
+
+class Trajectory:
+    """The fitted model as a function of time: populations at any times from the start."""
+
+    def __init__(self, model: keras.Model, step: float):
+        self.model = model
+        self.step = step
+        self._run = tf.function(lambda s, x0: model([s, x0], training=False), reduce_retracing=True)
+
+    @classmethod
+    def load(cls, model_file: Path | str, step: float) -> Trajectory:
+        model = keras.models.load_model(model_file, compile=False)
+        return cls(model, step)
+
+    def at(self, t0: float, start, times) -> np.ndarray:
+        """(len(times), 2) for times >= t0 in any order, starting from `start` at t0."""
+        times = np.asarray(times, dtype=np.float64)
+        order = np.argsort(times, kind="stable")
+        grid_times = np.concatenate([[t0], times[order]])
+        steps, positions = solver_grid(grid_times, self.step)
+        states = np.asarray(start, dtype=np.float32)[None]
+        if len(steps):
+            path = self._run(
+                tf.constant(steps[None, :, None], tf.float32), tf.constant(states)
+            ).numpy()[0]
+            states = np.concatenate([states, path])
+        result = np.empty((len(times), 2), dtype=np.float64)
+        result[order] = states[positions[1:]]
+        return result
+
+
+def r2(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """Coefficient of determination over both species, each centred on its own mean."""
+    residual = np.sum((observed - predicted) ** 2)
+    total = np.sum((observed - observed.mean(axis=0)) ** 2)
+    return float(1 - residual / total)
+
+
+def reference_fit(
+    observations: np.ndarray, initial: dict[str, float], search_range: float
+) -> dict[str, float]:
+    """SciPy's answer to the same question: least squares on the same relative residuals,
+    through an adaptive solver, over the same log-scaled parameters from the same guesses.
+    Bounded, because an unbounded search can wander into rates so large that the ODE turns
+    stiff and the explicit solver crawls."""
+    from scipy.optimize import least_squares
+
+    times, start, observed = observations[:, 0], observations[0, 1:], observations[1:, 1:]
+
+    def parameters(log_scales):
+        return {
+            name: initial[name] * math.exp(w)
+            for name, w in zip(PARAMETERS, log_scales, strict=True)
+        }
+
+    def residuals(log_scales):
+        states = exact_trajectory(parameters(log_scales), start, times)[1:]
+        return (states / observed - 1).ravel()
+
+    bound = math.log(search_range)
+    solution = least_squares(residuals, np.zeros(len(PARAMETERS)), bounds=(-bound, bound))
+    return parameters(solution.x)
+
+
+def evaluate(
+    config: Config, data_dir: Path, vocab_file: Path | None, model_dir: Path, plots_dir: Path
+) -> dict[str, float]:
+    """Fit quality on the observations; with a truth, parameter errors and the error of the
+    trajectory up to the horizon; SciPy's reference fit of the same observations."""
+    observations = load_observations(data_dir)
+    trajectory = Trajectory.load(model_dir / MODEL_FILE, config.model.step)
+    model = trajectory.model
+    t0, start = observations[0, 0], observations[0, 1:]
+    fitted = fitted_parameters(model)
+    predicted = trajectory.at(t0, start, observations[1:, 0])
+    observed = observations[1:, 1:]
+    reference = reference_fit(observations, config.model.initial, config.evaluate.reference_range)
+    metrics = {
+        SCORE: r2(observed, predicted),
+        "rms_rel_error": float(np.sqrt(np.mean((predicted / observed - 1) ** 2))),
+        **{f"fit_{name}": value for name, value in fitted.items()},
+        "max_rel_diff_vs_scipy": max(
+            abs(fitted[name] / reference[name] - 1) for name in PARAMETERS
+        ),
+    }
+    times = np.linspace(
+        t0, max(config.evaluate.horizon, observations[-1, 0]), config.evaluate.points
+    )
+    fit = trajectory.at(t0, start, times)
+    curve = {"t": times, "fit_x1": fit[:, 0], "fit_x2": fit[:, 1]}
+    truth = io.read_json(data_dir / TRUTH) if (data_dir / TRUTH).is_file() else None
+    if truth:
+        errors = {name: abs(fitted[name] / truth["params"][name] - 1) for name in PARAMETERS}
+        scipy_errors = [abs(reference[name] / truth["params"][name] - 1) for name in PARAMETERS]
+        exact = exact_trajectory(truth["params"], truth["start"], times)
+        curve["true_x1"], curve["true_x2"] = exact.T
+        metrics.update(
+            {f"rel_error_{name}": value for name, value in errors.items()},
+            max_rel_error=max(errors.values()),
+            scipy_max_rel_error=max(scipy_errors),
+            horizon_max_rel_error=float(np.max(np.abs(fit / exact - 1))),
+        )
+    table = pd.DataFrame(curve).to_csv(index=False, float_format="%.4f", lineterminator="\n")
+    io.write_text(plots_dir / "trajectory.csv", table)
+    write_observations(plots_dir / "observed.csv", observations)
+    return metrics
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+class TrajectoryPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: a column `t` of ascending times in (params x1, x2: the populations at
+    the first observation's time; default, the observed ones); columns `t`, `x1`, `x2` out."""
+
+    def load_context(self, context):
+        self.settings = context.model_config
+        self.trajectory = Trajectory.load(context.artifacts["model"], self.settings["step"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        settings = self.settings
+        times = time_column(model_input, settings["t0"], settings["max_time"])
+        if len(times) > settings["max_points"]:
+            raise serving.bad_request(
+                f"input has {len(times)} times; the limit per request is {settings['max_points']}"
+            )
+        start = [
+            population(params, name, default)
+            for name, default in zip(("x1", "x2"), settings["start"], strict=True)
+        ]
+        states = self.trajectory.at(settings["t0"], start, times)
+        return pd.DataFrame({"t": times, "x1": states[:, 0], "x2": states[:, 1]})
+
+
+def time_column(model_input, t0: float, max_time: float) -> np.ndarray:
+    """The request's times: a column `t` (or a list) of ascending numbers in [t0, max_time].
+    Unsorted times are refused rather than reordered: a caller who sent them so has most
+    likely mixed up two columns, and rows out match rows in."""
+    if isinstance(model_input, pd.DataFrame):
+        if "t" not in model_input.columns:
+            raise serving.bad_request(f"input has no column 't' (got {list(model_input.columns)})")
+        values = model_input["t"].tolist()
+    elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
+        values = list(model_input)
+    else:
+        raise serving.bad_request(
+            f"expected a column 't' of times, got {type(model_input).__name__}"
+        )
+    if not values:
+        raise serving.bad_request("input has no rows; send at least one time 't'")
+    for row, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise serving.bad_request(f"row {row}: 't' must be a number, got {value!r}")
+        if not t0 <= value <= max_time:
+            raise serving.bad_request(
+                f"row {row}: 't' must be between {t0:g} and {max_time:g}, got {value!r}"
+            )
+        if row and value < values[row - 1]:
+            raise serving.bad_request(
+                f"row {row}: times must be ascending, got {value!r} after {values[row - 1]!r}"
+            )
+    return np.asarray(values, dtype=np.float64)
+
+
+def population(params: dict | None, name: str, default: float) -> float:
+    value = (params or {}).get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise serving.bad_request(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def pyfunc(config: Config, vocab_file: Path | None, model_dir: Path) -> dict:
+    """Arguments for mlflow.pyfunc.save_model/log_model."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    first = io.read_json(model_dir / START_FILE)
+    t0, start = float(first["t"]), [float(x) for x in first["x"]]
+    return {
+        "python_model": TrajectoryPyfunc(),
+        "artifacts": {"model": str(model_dir / MODEL_FILE)},
+        "model_config": {
+            "step": config.model.step,
+            "t0": t0,
+            "start": start,
+            "max_points": config.serve.max_points,
+            "max_time": config.serve.max_time,
+        },
+        "signature": ModelSignature(
+            inputs=Schema([ColSpec(DataType.double, "t")]),
+            outputs=Schema([ColSpec(DataType.double, c) for c in COLUMNS]),
+            params=ParamSchema(
+                [
+                    ParamSpec("x1", DataType.double, start[0]),
+                    ParamSpec("x2", DataType.double, start[1]),
+                ]
+            ),
+        ),
+    }

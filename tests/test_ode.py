@@ -1,0 +1,206 @@
+"""RNN as an ODE solver: the cell's steps by hand and against SciPy, saving, the data, a short
+fit that recovers the parameters, the pyfunc, the CLI."""
+
+import dataclasses
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, tiny_runtime
+
+from kexue import cli, params, tracking
+from kexue.errors import DataError
+from kexue.layers.ode import PARAMETERS, CompetitionODECell, competition, solver_step
+from kexue.models import ode
+
+TRUTH = {"r1": 0.1, "r2": 0.3, "a1": 1e-4, "a2": 2e-4, "inv_n1": 0.002, "inv_n2": 0.003}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return params.parse(ode.Config, params.block(params.load(REPO / "params.yaml"), "ode"), "ode")
+
+
+def cell_path(method: str, dt: float, n_steps: int, start=(100.0, 150.0)) -> np.ndarray:
+    cell = CompetitionODECell(TRUTH, method)
+    rnn = keras.layers.RNN(cell, return_sequences=True)
+    steps = np.full((1, n_steps, 1), dt, dtype=np.float32)
+    return np.asarray(rnn(steps, initial_state=[np.array([start], dtype=np.float32)]))[0]
+
+
+def test_euler_step_matches_a_hand_computation():
+    # dx1 = 0.1*100*(1-0.2) - 1e-4*100*150 = 8 - 1.5 = 6.5
+    # dx2 = 0.3*150*(1-0.45) - 2e-4*100*150 = 24.75 - 3 = 21.75
+    np.testing.assert_allclose(cell_path("euler", 0.5, 1)[0], [103.25, 160.875], rtol=1e-6)
+
+
+def test_rk4_step_matches_a_hand_computation():
+    x, dt = np.array([[100.0, 150.0]]), 2.0
+
+    def f(x):
+        return np.asarray(competition(x, TRUTH))
+
+    k1 = f(x)
+    k2 = f(x + dt / 2 * k1)
+    k3 = f(x + dt / 2 * k2)
+    k4 = f(x + dt * k3)
+    by_hand = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    np.testing.assert_allclose(cell_path("rk4", dt, 1)[0], by_hand[0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(solver_step(f, x, dt, "rk4")), by_hand, rtol=1e-12)
+
+
+def test_cell_integrates_like_scipy_and_rk4_converges_faster_than_euler():
+    exact = ode.exact_trajectory(TRUTH, [100.0, 150.0], [0.0, 5.0])[-1]
+    rk4 = cell_path("rk4", 0.5, 10)[-1]
+    np.testing.assert_allclose(rk4, exact, rtol=1e-5)
+    # Euler's error halves when the step halves (first order); RK4's is far smaller.
+    euler_errors = [
+        abs(cell_path("euler", dt, round(5 / dt))[-1] / exact - 1).max() for dt in (0.5, 0.25)
+    ]
+    assert 1.7 < euler_errors[0] / euler_errors[1] < 2.3
+    assert abs(rk4 / exact - 1).max() < euler_errors[1] / 100
+
+
+def test_cell_saves_and_loads_as_keras(tmp_path):
+    model = ode.build_model(ode.ModelConfig(method="euler", step=1.0, initial=TRUTH))
+    model.get_layer("solver").cell.log_scales["a1"].assign(np.log(2.0))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert ode.fitted_parameters(loaded)["a1"] == pytest.approx(2e-4, rel=1e-6)
+    assert loaded.get_layer("solver").cell.method == "euler"
+    inputs = [np.ones((1, 3, 1), np.float32), np.array([[100.0, 150.0]], np.float32)]
+    np.testing.assert_allclose(loaded(inputs), model(inputs), rtol=1e-6)
+
+
+def test_cell_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="method must be one of"):
+        CompetitionODECell(TRUTH, "midpoint")
+
+
+def test_solver_grid_lands_on_every_time():
+    steps, positions = ode.solver_grid(np.array([0.0, 2.5, 3.0, 7.0]), 1.0)
+    grid = np.concatenate([[0.0], np.cumsum(steps)])
+    np.testing.assert_allclose(grid[positions], [0.0, 2.5, 3.0, 7.0])
+    assert steps.max() <= 1.0
+
+
+def test_generated_observations_are_the_posts_table(config, tmp_path):
+    counts = ode.prepare(config, [], tmp_path)
+    assert counts["observations"] == 7
+    rows = ode.load_observations(tmp_path)
+    # The post's table, rounded: x1 100 165 197 280 305 318 324, x2 150 283 290 276 269 266 264.
+    np.testing.assert_allclose(rows[:, 1], [100, 165, 197, 280, 305, 318, 324], atol=0.7)
+    np.testing.assert_allclose(rows[:, 2], [150, 283, 290, 276, 269, 266, 264], atol=0.7)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("t,x1,x2\n0,1,2\n1,1\n", r"obs\.csv:3: expected three numbers"),
+        ("t,x1,x2\n0,1,2\n1,a,2\n", r"obs\.csv:3: expected three numbers"),
+        ("t,x1,x2\n0,1,2\n2,1,2\n1,1,2\n", r"obs\.csv:4: t must increase"),
+        ("t,y\n0,1\n", r"obs\.csv:1: expected the header t,x1,x2"),
+        ("t,x1,x2\n0,1,2\n1,0,2\n", r"obs\.csv:3: populations must be positive"),
+    ],
+)
+def test_bad_observation_csv_names_the_file_and_line(config, tmp_path, text, message):
+    source = tmp_path / "obs.csv"
+    source.write_text(text)
+    with pytest.raises(DataError, match=message):
+        ode.prepare(config, [source], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def fitted(config, tmp_path_factory):
+    """A short fit from the default guesses (a few seconds)."""
+    root = tmp_path_factory.mktemp("ode")
+    short = dataclasses.replace(
+        config,
+        train=dataclasses.replace(config.train, epochs=4, steps_per_epoch=100, learning_rate=0.1),
+    )
+    ode.prepare(short, [], root / "data")
+    summary = ode.train(
+        short, tiny_runtime(root), root / "data", None, root / "model", root / "curves.csv"
+    )
+    return {"config": short, "root": root, "summary": summary}
+
+
+def test_short_fit_follows_the_observations(fitted):
+    # Four epochs do not pin down all six parameters (a1 and 1/N1 trade off, see README);
+    # they do bring the solved trajectory onto the observations.
+    root, config = fitted["root"], fitted["config"]
+    curves = pd.read_csv(root / "curves.csv")
+    assert curves["loss"].iloc[-1] < curves["loss"].iloc[0] / 20
+    observed = ode.load_observations(root / "data")
+    solved = ode.Trajectory.load(root / "model" / ode.MODEL_FILE, config.model.step).at(
+        observed[0, 0], observed[0, 1:], observed[1:, 0]
+    )
+    np.testing.assert_allclose(solved, observed[1:, 1:], rtol=0.05)
+
+
+def test_evaluate_reports_fit_truth_and_scipy(fitted):
+    root = fitted["root"]
+    metrics = ode.evaluate(fitted["config"], root / "data", None, root / "model", root / "plots")
+    assert metrics["r2"] > 0.98
+    # SciPy's fit of noise-free data recovers the truth.
+    assert metrics["scipy_max_rel_error"] < 1e-3
+    assert metrics["max_rel_error"] == max(metrics[f"rel_error_{n}"] for n in PARAMETERS)
+    curve = pd.read_csv(root / "plots" / "trajectory.csv")
+    assert list(curve.columns) == ["t", "fit_x1", "fit_x2", "true_x1", "true_x2"]
+    assert curve["t"].iloc[-1] == fitted["config"].evaluate.horizon
+    assert len(pd.read_csv(root / "plots" / "observed.csv")) == 7
+
+
+@pytest.fixture(scope="module")
+def pyfunc_dir(fitted, tmp_path_factory):
+    root = fitted["root"]
+    store = tmp_path_factory.mktemp("store")
+    out = store / "pyfunc"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
+        with tracking.stage_run("ode", "export", {}, data_hash="h"):
+            tracking.export_pyfunc(out, ode.pyfunc(fitted["config"], None, root / "model"))
+    return out
+
+
+def test_pyfunc_answers_times_and_a_new_start(pyfunc_dir, fitted):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    observed = ode.load_observations(fitted["root"] / "data")
+    out = model.predict(pd.DataFrame({"t": observed[:, 0]}))
+    assert list(out.columns) == ["t", "x1", "x2"]
+    np.testing.assert_allclose(out[["x1", "x2"]].to_numpy()[0], [100, 150])
+    np.testing.assert_allclose(out[["x1", "x2"]].to_numpy(), observed[:, 1:], rtol=0.05)
+    moved = model.predict(pd.DataFrame({"t": [0.0, 10.0]}), params={"x1": 50.0, "x2": 150.0})
+    assert moved["x1"].iloc[0] == 50 and moved["x1"].iloc[1] < out["x1"].iloc[1]
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_params", "message"),
+    [
+        (pd.DataFrame({"time": [1.0]}), None, r"missing inputs \['t'\]"),
+        (pd.DataFrame({"t": [5.0, 1.0]}), None, "row 1: times must be ascending"),
+        (pd.DataFrame({"t": [-1.0]}), None, "row 0: 't' must be between 0"),
+        (pd.DataFrame({"t": [1.0]}), {"x1": -3.0}, "x1 must be a positive number"),
+        (pd.DataFrame({"t": ["soon"]}), None, "'t'"),
+    ],
+)
+def test_pyfunc_bad_request_is_a_clear_error(pyfunc_dir, frame, request_params, message):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+        model.predict(frame, params=request_params)
+
+
+def test_cli_prints_populations_at_the_times(pyfunc_dir, capsys):
+    assert cli.main(["ode", "--model", str(pyfunc_dir), "0", "10", "--x1", "120"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "t\tx1\tx2"
+    assert lines[1].split("\t") == ["0", "120.0000", "150.0000"]
+    assert len(lines) == 3
+
+
+def test_cli_refuses_a_time_that_is_not_a_number(pyfunc_dir, capsys):
+    assert cli.main(["ode", "--model", str(pyfunc_dir), "ten"]) == 1
+    assert "a time must be a number, got 'ten'" in capsys.readouterr().err
