@@ -6,6 +6,7 @@ kexue title "床前明月光，疑是地上霜。"   # a title for each text (se
 kexue similar "人类" --top 5          # the known phrases nearest in meaning, with cosines
 kexue sentiment "质量很好，推荐"        # probability that a review is positive, and the label
 kexue ode 10 20 40 --x1 120           # both populations at these times (the fitted ODE)
+kexue digits seven.png pair.png       # the digit in each image, and the two best classes
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TITLER = "kexue-title"
 SIMILARITY = "kexue-similarity"
 SENTIMENT = "kexue-attention"
 ODE = "kexue-ode"
+DIGITS = "kexue-capsule"
 
 
 def _load(model_uri: str):
@@ -110,6 +112,23 @@ def ode(args: argparse.Namespace) -> None:
         print(f"{row.t:g}\t{row.x1:.4f}\t{row.x2:.4f}")
 
 
+def digits(args: argparse.Namespace) -> None:
+    paths = _texts(args)
+    if not paths:
+        return
+    images = []
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                images.append(file.read())
+        except OSError as err:
+            raise KexueError(f"{path}: cannot read the image ({err.strerror})") from None
+    model = _load(args.model or tracking.champion_uri(DIGITS))
+    found = _predict(model, pd.DataFrame({"image": images}), {})
+    for path, digit, top2 in zip(paths, found["digit"], found["top2"], strict=True):
+        print(f"{path}\t{digit}\t{top2[0]},{top2[1]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             help=f"{species} at the first observation (default: observed)",
         )
+    _add_verb(verbs, digits, "which digit is in each image (capsule network)", "read", DIGITS)
     return parser
 
 

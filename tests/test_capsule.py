@@ -1,0 +1,188 @@
+"""Capsule model: MNIST reading and the two-digit test set, the pair metric by hand, a tiny
+training run of both models, the pyfunc on PNG bytes, base64 and arrays, bad images, the CLI."""
+
+import base64
+import dataclasses
+import gzip
+import pickle
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from conftest import REPO, tiny_runtime
+
+from kexue import cli, params, tracking
+from kexue.errors import DataError
+from kexue.models import capsule
+
+PATTERNS = np.random.default_rng(7).random((10, 6, 6)) > 0.5
+
+
+def glyphs(labels: np.ndarray, rng) -> np.ndarray:
+    """A stand-in digit per label: its class's random 6x6 pattern, drawn 3 pixels per cell in
+    the middle, with pixel noise (float 0..1, flattened like mnist.pkl.gz). Local shapes, not
+    positions, tell the classes apart, as in MNIST."""
+    images = rng.uniform(0, 0.1, (len(labels), 28, 28)).astype(np.float32)
+    for image, label in zip(images, labels, strict=True):
+        image[5:23, 5:23] += 0.89 * np.kron(PATTERNS[label], np.ones((3, 3)))
+    return images.reshape(len(labels), 784)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("capsule")
+    rng = np.random.default_rng(0)
+    splits = []
+    for size in (300, 100, 200):  # train, valid, test
+        labels = rng.integers(0, 10, size)
+        splits.append((glyphs(labels, rng), labels))
+    source = root / "mnist.pkl.gz"
+    with gzip.open(source, "wb") as file:
+        pickle.dump(tuple(splits), file)
+    config = params.parse(
+        capsule.Config, params.block(params.load(REPO / "params.yaml"), "capsule"), "capsule"
+    )
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, train_size=None, test_size=None, pairs=50),
+        model=dataclasses.replace(config.model, conv_filters=[8, 8], capsule_dim=4),
+        train=dataclasses.replace(config.train, epochs=8, batch_size=32, learning_rate=0.01),
+    )
+    counts = capsule.prepare(config, [source], root / "data")
+    return {"config": config, "root": root, "source": source, "counts": counts}
+
+
+def test_prepare_keeps_the_official_split_and_builds_pairs_of_different_digits(tiny):
+    assert tiny["counts"] == {"train": 400, "test": 200, "pairs": 50}
+    x, y = capsule.load_npz(tiny["root"] / "data" / "train.npz")
+    assert x.shape == (400, 28, 28) and x.dtype == np.uint8 and x.max() == 253
+    pair_x, pair_y = capsule.load_npz(tiny["root"] / "data" / "pairs.npz")
+    assert pair_x.shape == (50, 28, 56)
+    assert (pair_y[:, 0] != pair_y[:, 1]).all()
+    test_x, test_y = capsule.load_npz(tiny["root"] / "data" / "test.npz")
+    # The left half of a pair is a test digit with the left label.
+    left = [np.flatnonzero((test_x == p).all(axis=(1, 2))) for p in pair_x[:5, :, :28]]
+    assert all(test_y[i[0]] == label for i, label in zip(left, pair_y[:5, 0], strict=True))
+
+
+def test_train_size_takes_a_seeded_sample(tiny, tmp_path):
+    config = dataclasses.replace(
+        tiny["config"], data=dataclasses.replace(tiny["config"].data, train_size=50)
+    )
+    capsule.prepare(config, [tiny["source"]], tmp_path / "a")
+    capsule.prepare(config, [tiny["source"]], tmp_path / "b")
+    a, b = (capsule.load_npz(tmp_path / d / "train.npz")[1] for d in "ab")
+    assert len(a) == 50 and (a == b).all()
+
+
+def test_a_file_that_is_not_mnist_is_a_clear_error(tiny, tmp_path):
+    bad = tmp_path / "mnist.pkl.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"mnist\.pkl\.gz: expected MNIST's"):
+        capsule.prepare(tiny["config"], [bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pair_accuracy_by_hand():
+    scores = np.array(
+        [
+            [0.9, 0.8, 0.1, 0, 0, 0, 0, 0, 0, 0],  # top 2: {0, 1}
+            [0.9, 0.1, 0.8, 0, 0, 0, 0, 0, 0, 0],  # top 2: {0, 2}
+            [0.1, 0.9, 0.8, 0, 0, 0, 0, 0, 0, 0],  # top 2: {1, 2}
+        ]
+    )
+    pairs = np.array([[1, 0], [0, 1], [2, 1]])
+    assert capsule.pair_accuracy(scores, pairs) == pytest.approx(2 / 3)
+    assert capsule.accuracy(scores, np.array([0, 0, 2])) == pytest.approx(2 / 3)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    root = tiny["root"]
+    summary = capsule.train(
+        tiny["config"], tiny_runtime(root), root / "data", None, root / "model", root / "c.csv"
+    )
+    return {**tiny, "summary": summary}
+
+
+def test_tiny_models_learn_the_stand_in_digits(trained):
+    root = trained["root"]
+    metrics = capsule.evaluate(
+        trained["config"], root / "data", None, root / "model", root / "plots", tiny_runtime(root)
+    )
+    assert metrics["acc"] > 0.6  # chance: 0.1
+    assert {"pair_acc", "cnn_acc", "cnn_pair_acc"} <= set(metrics)
+    rows = pd.read_json(root / "plots" / "accuracy.json")
+    assert list(rows["system"]) == [
+        "capsule, one digit",
+        "capsule, two digits",
+        "cnn, one digit",
+        "cnn, two digits",
+    ]
+
+
+@pytest.fixture(scope="module")
+def pyfunc_dir(trained, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    out = store / "pyfunc"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
+        with tracking.stage_run("capsule", "export", {}, data_hash="h"):
+            tracking.export_pyfunc(
+                out, capsule.pyfunc(trained["config"], None, trained["root"] / "model")
+            )
+    return out
+
+
+def png(image: np.ndarray) -> bytes:
+    return tf.io.encode_png(np.uint8(image * 255)[..., None]).numpy()
+
+
+def test_pyfunc_reads_png_bytes_base64_and_arrays_alike(pyfunc_dir, trained):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    x, y = capsule.load_npz(trained["root"] / "data" / "test.npz")
+    image = x[0] / 255
+    pair = np.concatenate([x[0], x[1]], axis=1) / 255
+    inputs = [png(image), base64.b64encode(png(image)).decode(), image.tolist(), png(pair)]
+    out = model.predict(pd.DataFrame({"image": inputs}))
+    assert list(out.columns) == ["digit", "top2", "scores"]
+    assert out["digit"][0] == out["digit"][1] == out["digit"][2]
+    np.testing.assert_allclose(out["scores"][0], out["scores"][2], atol=0.02)  # PNG rounds
+    assert len(out["scores"][0]) == 10 and out["top2"][0][0] == out["digit"][0]
+    assert len(out["top2"][3]) == 2
+
+
+def test_pyfunc_scales_an_image_to_28_high(pyfunc_dir, trained):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    x, y = capsule.load_npz(trained["root"] / "data" / "test.npz")
+    big = np.kron(x[0] / 255, np.ones((2, 2)))  # 56 x 56
+    both = model.predict(pd.DataFrame({"image": [png(x[0] / 255), png(big)]}))
+    assert both["digit"][0] == both["digit"][1]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"GIF89a not really", "row 0: 'image' is not a PNG or JPEG image"),
+        ("%%%", "row 0: 'image' text is not base64"),
+        ([[1.0, 2.0], [3.0]], "row 0: 'image' must be PNG/JPEG bytes, base64 text or a 2-D array"),
+        (np.zeros((28, 1000)).tolist(), "1000 pixels wide at height 28; the limit is 560"),
+    ],
+)
+def test_pyfunc_refuses_what_is_not_an_image(pyfunc_dir, value, message):
+    model = mlflow.pyfunc.load_model(str(pyfunc_dir))
+    with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+        model.predict(pd.DataFrame({"image": [value]}))
+
+
+def test_cli_digits_reads_image_files(pyfunc_dir, trained, tmp_path, capsys):
+    x, y = capsule.load_npz(trained["root"] / "data" / "test.npz")
+    (tmp_path / "one.png").write_bytes(png(x[0] / 255))
+    args = ["digits", "--model", str(pyfunc_dir), str(tmp_path / "one.png")]
+    assert cli.main(args) == 0
+    path, digit, top2 = capsys.readouterr().out.strip().split("\t")
+    assert path.endswith("one.png") and digit in "0123456789" and top2.startswith(f"{digit},")
+    assert cli.main(["digits", "--model", str(pyfunc_dir), str(tmp_path / "none.png")]) == 1
+    assert "none.png: cannot read the image" in capsys.readouterr().err
