@@ -48,7 +48,9 @@ def tiny(tmp_path_factory):
         config,
         data=dataclasses.replace(config.data, train_size=None, test_size=None, pairs=50),
         model=dataclasses.replace(config.model, conv_filters=[8, 8], capsule_dim=4),
-        train=dataclasses.replace(config.train, epochs=8, batch_size=32, learning_rate=0.01),
+        train=dataclasses.replace(
+            config.train, epochs=20, baseline_epochs=20, batch_size=32, learning_rate=0.01
+        ),
     )
     counts = capsule.prepare(config, [source], root / "data")
     return {"config": config, "root": root, "source": source, "counts": counts}
@@ -59,12 +61,21 @@ def test_prepare_keeps_the_official_split_and_builds_pairs_of_different_digits(t
     x, y = capsule.load_npz(tiny["root"] / "data" / "train.npz")
     assert x.shape == (400, 28, 28) and x.dtype == np.uint8 and x.max() == 253
     pair_x, pair_y = capsule.load_npz(tiny["root"] / "data" / "pairs.npz")
-    assert pair_x.shape == (50, 28, 56)
+    assert pair_x.shape == (50, 2, 28, 28)
     assert (pair_y[:, 0] != pair_y[:, 1]).all()
     test_x, test_y = capsule.load_npz(tiny["root"] / "data" / "test.npz")
-    # The left half of a pair is a test digit with the left label.
-    left = [np.flatnonzero((test_x == p).all(axis=(1, 2))) for p in pair_x[:5, :, :28]]
-    assert all(test_y[i[0]] == label for i, label in zip(left, pair_y[:5, 0], strict=True))
+    # Each digit of a pair is a test digit with its label.
+    for digit in (0, 1):
+        found = [np.flatnonzero((test_x == p).all(axis=(1, 2))) for p in pair_x[:5, digit]]
+        assert all(test_y[i[0]] == y for i, y in zip(found, pair_y[:5, digit], strict=True))
+
+
+def test_two_digit_images_stack_like_the_post_or_sit_side_by_side():
+    pairs = np.arange(2 * 2 * 28 * 28, dtype=np.uint8).reshape(2, 2, 28, 28)
+    stacked = capsule.two_digit_images(pairs, "stacked")
+    side = capsule.two_digit_images(pairs, "side")
+    assert stacked.shape == (2, 56, 28) and side.shape == (2, 28, 56)
+    assert (stacked[1, 28:] == pairs[1, 1]).all() and (side[1, :, :28] == pairs[1, 0]).all()
 
 
 def test_train_size_takes_a_seeded_sample(tiny, tmp_path):
@@ -95,6 +106,9 @@ def test_pair_accuracy_by_hand():
     )
     pairs = np.array([[1, 0], [0, 1], [2, 1]])
     assert capsule.pair_accuracy(scores, pairs) == pytest.approx(2 / 3)
+    # Sure as well: both of the two best lengths above 0.5 (the third row's 0.8 and 0.9 are).
+    assert capsule.pair_accuracy(scores, pairs, threshold=0.85) == 0
+    assert capsule.pair_accuracy(scores, pairs, threshold=0.5) == pytest.approx(2 / 3)
     assert capsule.accuracy(scores, np.array([0, 0, 2])) == pytest.approx(2 / 3)
 
 
@@ -113,13 +127,17 @@ def test_tiny_models_learn_the_stand_in_digits(trained):
         trained["config"], root / "data", None, root / "model", root / "plots", tiny_runtime(root)
     )
     assert metrics["acc"] > 0.6  # chance: 0.1
-    assert {"pair_acc", "cnn_acc", "cnn_pair_acc"} <= set(metrics)
+    assert {"pair_acc", "pair_sure_acc", "pair_side_acc", "cnn_acc", "cnn_pair_acc"} <= set(metrics)
     rows = pd.read_json(root / "plots" / "accuracy.json")
     assert list(rows["system"]) == [
-        "capsule, one digit",
-        "capsule, two digits",
-        "cnn, one digit",
-        "cnn, two digits",
+        f"{model}, {test}"
+        for model in ("capsule", "cnn")
+        for test in (
+            "one digit",
+            "two digits stacked",
+            "two digits stacked, both lengths > 0.5",
+            "two digits side by side",
+        )
     ]
 
 
@@ -168,7 +186,10 @@ def test_pyfunc_scales_an_image_to_28_high(pyfunc_dir, trained):
         (b"GIF89a not really", "row 0: 'image' is not a PNG or JPEG image"),
         ("%%%", "row 0: 'image' text is not base64"),
         ([[1.0, 2.0], [3.0]], "row 0: 'image' must be PNG/JPEG bytes, base64 text or a 2-D array"),
-        (np.zeros((28, 1000)).tolist(), "1000 pixels wide at height 28; the limit is 560"),
+        (
+            np.zeros((1000, 28)).tolist(),
+            "1000 pixels long when its shorter side is 28; the limit is 560",
+        ),
     ],
 )
 def test_pyfunc_refuses_what_is_not_an_image(pyfunc_dir, value, message):

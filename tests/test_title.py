@@ -15,7 +15,7 @@ from conftest import REPO, tiny_runtime
 from servers import free_port, serve
 
 from kexue import cli, params, serving, tracking
-from kexue.data.corpora import TitledText, poem_title, read_titled_texts
+from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
 from kexue.errors import DataError
 from kexue.models import title
 
@@ -202,9 +202,9 @@ def test_folder_without_matching_files_names_the_key(tmp_path):
     with pytest.raises(
         DataError, match=r"no file matches \['tang/\*.json'\] \(title.data.include\)"
     ):
-        title.corpus_files([tmp_path], ["tang/*.json"])
+        matching_files([tmp_path], ["tang/*.json"], "title.data.include")
     with pytest.raises(DataError, match="nowhere: file or folder not found"):
-        title.corpus_files([tmp_path / "nowhere"], ["*.json"])
+        matching_files([tmp_path / "nowhere"], ["*.json"], "title.data.include")
 
 
 def test_vocab_reserves_start_and_end(trained_title):

@@ -7,6 +7,8 @@ kexue similar "人类" --top 5          # the known phrases nearest in meaning, 
 kexue sentiment "质量很好，推荐"        # probability that a review is positive, and the label
 kexue ode 10 20 40 --x1 120           # both populations at these times (the fitted ODE)
 kexue digits seven.png pair.png       # the digit in each image, and the two best classes
+kexue classify photo.jpg --top 3      # each image's best classes and probabilities (fine-tuned CNN)
+kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ SIMILARITY = "kexue-similarity"
 SENTIMENT = "kexue-attention"
 ODE = "kexue-ode"
 DIGITS = "kexue-capsule"
+IMAGES = "kexue-dogs"
+POET = "kexue-poet"
 
 
 def _load(model_uri: str):
@@ -112,10 +116,7 @@ def ode(args: argparse.Namespace) -> None:
         print(f"{row.t:g}\t{row.x1:.4f}\t{row.x2:.4f}")
 
 
-def digits(args: argparse.Namespace) -> None:
-    paths = _texts(args)
-    if not paths:
-        return
+def _read_images(paths: list[str]) -> list[bytes]:
     images = []
     for path in paths:
         try:
@@ -123,10 +124,55 @@ def digits(args: argparse.Namespace) -> None:
                 images.append(file.read())
         except OSError as err:
             raise KexueError(f"{path}: cannot read the image ({err.strerror})") from None
+    return images
+
+
+def classify(args: argparse.Namespace) -> None:
+    paths = _texts(args)
+    if not paths:
+        return
+    images = _read_images(paths)
+    model = _load(args.model or tracking.champion_uri(IMAGES))
+    params = {} if args.top is None else {"top_k": args.top}
+    found = _predict(model, pd.DataFrame({"image": images}), params)
+    for path, classes, probabilities in zip(
+        paths, found["classes"], found["probabilities"], strict=True
+    ):
+        ranked = ",".join(f"{c}:{p:.4f}" for c, p in zip(classes, probabilities, strict=True))
+        print(f"{path}\t{classes[0]}\t{probabilities[0]:.4f}\t{ranked}")
+
+
+def digits(args: argparse.Namespace) -> None:
+    paths = _texts(args)
+    if not paths:
+        return
+    images = _read_images(paths)
     model = _load(args.model or tracking.champion_uri(DIGITS))
     found = _predict(model, pd.DataFrame({"image": images}), {})
     for path, digit, top2 in zip(paths, found["digit"], found["top2"], strict=True):
         print(f"{path}\t{digit}\t{top2[0]},{top2[1]}")
+
+
+def poem(args: argparse.Namespace) -> None:
+    convert = _simplifier() if args.simplified else None  # before loading: fail fast
+    request = {"count": [args.n]}
+    for name in ("temperature", "seed"):
+        if getattr(args, name) is not None:
+            request[name] = [getattr(args, name)]
+    model = _load(args.model or tracking.champion_uri(POET))
+    for couplet in _predict(model, pd.DataFrame(request), {})["poems"][0]:
+        print(convert(couplet) if convert else couplet)
+
+
+def _simplifier():
+    """Traditional -> simplified characters with OpenCC (an optional extra)."""
+    try:
+        import opencc
+    except ImportError:
+        raise KexueError(
+            "--simplified needs OpenCC: pip install 'kexue[simplified]' (or opencc)"
+        ) from None
+    return opencc.OpenCC("t2s").convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{species} at the first observation (default: observed)",
         )
     _add_verb(verbs, digits, "which digit is in each image (capsule network)", "read", DIGITS)
+    images = _add_verb(
+        verbs, classify, "the best classes of each image (fine-tuned CNN)", "classify", IMAGES
+    )
+    images.add_argument("--top", type=int, help="classes to print (default: the model's top_k)")
+    poems = verbs.add_parser(poem.__name__, help="new couplets from random codes (CNN + VAE)")
+    poems.add_argument("-n", type=int, default=1, help="how many couplets (default: 1)")
+    poems.add_argument(
+        "--temperature",
+        type=float,
+        help="above 0; 1 samples the model as trained, toward 0 its most likely characters "
+        "(default: the model's)",
+    )
+    poems.add_argument("--seed", type=int, help="the same seed gives the same couplets")
+    poems.add_argument(
+        "--simplified", action="store_true", help="show simplified characters (needs OpenCC)"
+    )
+    poems.add_argument(
+        "--model", help=f"model URI or folder (default: {tracking.champion_uri(POET)})"
+    )
+    poems.set_defaults(run=poem)
     return parser
 
 

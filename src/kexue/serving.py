@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -56,3 +58,30 @@ def text_column(model_input: Any, column: str, max_chars: int) -> list[str]:
     if total > max_chars:
         raise bad_request(f"input has {total} characters; the limit per request is {max_chars}")
     return texts
+
+
+def image_bytes(value: Any, row: int, column: str = "image") -> bytes:
+    """The encoded image in a cell: bytes as they are, text decoded from base64 (JSON has
+    no bytes, so HTTP clients send base64)."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise bad_request(f"row {row}: '{column}' text is not base64") from None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise bad_request(
+        f"row {row}: '{column}' must be PNG/JPEG bytes or base64 text, got {type(value).__name__}"
+    )
+
+
+def image_column(model_input: Any, max_images: int, column: str = "image") -> list:
+    """The cells of `column` of a DataFrame: at least one, at most `max_images`."""
+    if not isinstance(model_input, pd.DataFrame) or column not in model_input.columns:
+        raise bad_request(f"expected a column '{column}'")
+    values = model_input[column].tolist()
+    if not values:
+        raise bad_request("input has no rows; send at least one image")
+    if len(values) > max_images:
+        raise bad_request(f"input has {len(values)} images; the limit per request is {max_images}")
+    return values

@@ -120,6 +120,14 @@ def global_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
     return batch_size * strategy.num_replicas_in_sync
 
 
+def cosine_adam(learning_rate: float, total_steps: int) -> keras.optimizers.Optimizer:
+    """Adam whose rate decays to zero over the run (cosine): the last steps settle the
+    weights instead of bouncing around a minimum at the full rate."""
+    return keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
+    )
+
+
 def save_model(model: keras.Model, path: Path) -> None:
     """Save atomically, from the chief only (other workers of a multi-worker job must not)."""
     if is_chief():
@@ -159,12 +167,15 @@ def fit(
     epochs: int,
     curves_path: Path,
     backup_dir: Path,
+    extra_callbacks: list[keras.callbacks.Callback] = (),
 ) -> keras.callbacks.History:
-    """model.fit with curves, resume after an interruption, and quiet logs off a terminal."""
+    """model.fit with curves, resume after an interruption, and quiet logs off a terminal;
+    `extra_callbacks` are a model's own (a schedule of a loss weight)."""
     callbacks = [
         # Restores the last finished epoch after a crash; removed when training completes.
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
         EpochCurves(curves_path, backup_dir),
+        *extra_callbacks,
     ]
     return model.fit(
         train_data,

@@ -81,6 +81,23 @@ def _pack(words: list[str], max_chars: int) -> list[list[str]]:
     return pieces
 
 
+def matching_files(corpora: list[Path], include: list[str], key: str) -> list[Path]:
+    """Files as given, and inside folders the files matching the `include` patterns (the
+    params key `key` names them in the error when a folder has none)."""
+    files = []
+    for corpus in corpora:
+        if corpus.is_dir():
+            matched = sorted({f for pattern in include for f in corpus.glob(pattern)})
+            if not matched:
+                raise DataError(f"{corpus}: no file matches {include} ({key})")
+            files.extend(matched)
+        elif corpus.is_file():
+            files.append(corpus)
+        else:
+            raise DataError(f"{corpus}: file or folder not found")
+    return files
+
+
 # -- (text, title) pairs --------------------------------------------------------------------
 
 

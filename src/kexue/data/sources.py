@@ -147,7 +147,7 @@ def extract(archive: Path, dest: Path, members: dict[str, str] | None) -> None:
     staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         _unpack(archive, staged, members)
-        _swap_in(staged, dest)
+        replace_folder(staged, dest)
     except _CORRUPT as err:
         raise SourceError(f"{archive}: truncated or corrupt archive ({_one_line(err)})") from None
     finally:
@@ -429,6 +429,7 @@ class _Entry:
     kind: str  # file, dir, symlink, hardlink or special
     link: str
     open: Callable[[], IO[bytes]]
+    size: int  # bytes the archive's header announces
 
 
 def _unpack(archive: Path, root: Path, members: dict[str, str] | None) -> None:
@@ -510,6 +511,7 @@ def _tar_entries(archive: Path) -> Iterator[_Entry]:
                 _tar_kind(member),
                 member.linkname,
                 lambda member=member: tar.extractfile(member),
+                member.size,
             )
         while stream.read(CHUNK):
             pass
@@ -530,7 +532,9 @@ def _zip_entries(archive: Path) -> Iterator[_Entry]:
         for info in zipped.infolist():
             kind = _zip_kind(info)
             link = zipped.read(info).decode("utf-8") if kind == "symlink" else ""
-            yield _Entry(info.filename, kind, link, lambda info=info: zipped.open(info))
+            yield _Entry(
+                info.filename, kind, link, lambda info=info: zipped.open(info), info.file_size
+            )
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
@@ -597,9 +601,12 @@ def _inside(path: Path, root: Path) -> bool:
 def _write_file(entry: _Entry, target: Path) -> None:
     with entry.open() as source, io.atomic_path(target) as tmp, tmp.open("wb") as out:
         shutil.copyfileobj(source, out, CHUNK)
+        # A plain tar cut inside a member reads short without an error: count the bytes.
+        if out.tell() != entry.size:
+            raise tarfile.ReadError(f"{entry.name}: {out.tell()} of {entry.size} bytes")
 
 
-def _swap_in(staged: Path, dest: Path) -> None:
+def replace_folder(staged: Path, dest: Path) -> None:
     """Move folder `staged` to `dest`; if that fails, the old `dest` is put back."""
     if not dest.exists() and not dest.is_symlink():
         os.replace(staged, dest)

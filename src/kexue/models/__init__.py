@@ -19,7 +19,7 @@ See models/crf.py for the first complete example.
 import importlib
 from types import ModuleType
 
-MODELS = ("crf", "attention", "title", "similarity", "ode", "capsule")
+MODELS = ("crf", "attention", "title", "similarity", "ode", "capsule", "poet", "dogs")
 
 
 def load(name: str) -> ModuleType:

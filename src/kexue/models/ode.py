@@ -259,11 +259,8 @@ def train(
         model.compile(
             # Decayed to zero: the six parameters sit in a long narrow valley (a1 and 1/N1
             # trade off), where a constant rate keeps Adam bouncing across it.
-            optimizer=keras.optimizers.Adam(
-                keras.optimizers.schedules.CosineDecay(
-                    config.train.learning_rate,
-                    decay_steps=config.train.epochs * config.train.steps_per_epoch,
-                )
+            optimizer=training.cosine_adam(
+                config.train.learning_rate, config.train.epochs * config.train.steps_per_epoch
             ),
             loss=relative_squared_error,
         )

@@ -28,7 +28,7 @@ from keras import ops
 from scipy.special import log_softmax
 
 from kexue import io, serving, training
-from kexue.data.corpora import TitledText, read_titled_texts
+from kexue.data.corpora import TitledText, matching_files, read_titled_texts
 from kexue.decoding import beam_search
 from kexue.errors import DataError
 from kexue.layers.copy_prior import CopyPrior
@@ -115,22 +115,6 @@ def compact(text: str) -> str:
     return "".join(text.split())
 
 
-def corpus_files(corpora: list[Path], include: list[str]) -> list[Path]:
-    """Files as given, and inside folders the files matching the `include` patterns."""
-    files = []
-    for corpus in corpora:
-        if corpus.is_dir():
-            matched = sorted({f for pattern in include for f in corpus.glob(pattern)})
-            if not matched:
-                raise DataError(f"{corpus}: no file matches {include} (title.data.include)")
-            files.extend(matched)
-        elif corpus.is_file():
-            files.append(corpus)
-        else:
-            raise DataError(f"{corpus}: file or folder not found")
-    return files
-
-
 def clean_pairs(pairs: list[TitledText], data: DataConfig) -> list[TitledText]:
     """Compact, filter by length and placeholder titles, cut long texts, drop repeated texts,
     keep at most `max_per_title` texts of one title (a series of 300 poems is one title)."""
@@ -173,7 +157,7 @@ def split_by_title(
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """(text, title) pairs of the corpora -> cleaned, capped, split by title into JSONL files."""
-    files = corpus_files(corpora, config.data.include)
+    files = matching_files(corpora, config.data.include, "title.data.include")
     pairs = clean_pairs([p for f in files for p in read_titled_texts(f)], config.data)
     if not pairs:
         raise DataError(f"{corpora[0]}: no (text, title) pair passes the title.data filters")

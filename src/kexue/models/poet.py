@@ -1,0 +1,594 @@
+"""Random couplets from a CNN + VAE, after "基于CNN和VAE的作诗机器人：随机成诗" (kexue.fm, 2018).
+
+A couplet is two lines of five characters (pentasyllabic), 10 character ids. The post's model:
+
+    encoder  ids -> embedding -> 2 x gated conv (residual) -> average over positions
+                 -> mean, log_var of a Gaussian code z (layers/gaussian_latent.py)
+    decoder  z -> dense -> (10, hidden) -> gated conv (residual) -> a character per position
+
+trained on the summed cross-entropy of the 10 characters plus the KL divergence of the code
+from N(0, I). A new couplet is a z drawn from N(0, I), decoded. The decoder scores every
+position at once from z alone (no position sees another's choice), so z carries the couplet.
+
+Decoding with a temperature T: position i's character is drawn from p_i^(1/T) (normalised),
+p_i the decoder's softmax. T = 1 samples the model as trained; T -> 0 tends to the post's
+argmax (every position's most likely character); T > 1 flattens toward uniform. The padding
+and unknown ids are never drawn. Here the decoder ends in logits (the softmax is inside the
+loss), which is the same model and makes the temperature a division.
+
+Data: the Tang poems of chinese-poetry (traditional characters, as in the corpus); every
+sentence of a poem that is two five-character lines is a couplet. The split is by poem
+(seeded), and a held-out couplet that also occurs in a training poem is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import ops
+
+from kexue import io, serving, training
+from kexue.data.corpora import matching_files, read_titled_texts
+from kexue.errors import DataError
+from kexue.layers.gated_conv import GatedConv1D
+from kexue.layers.gaussian_latent import GaussianSample, KLDivergence, KLWarmup, WeightedOutput
+from kexue.text.vocab import VocabConfig, Vocabulary
+
+MODEL_FILE = "model.keras"
+SCORE = "recon_acc"  # the champion reconstructs held-out couplets best from their codes
+DESCRIPTION = (
+    "Random couplets from a gated-CNN VAE (kexue.fm, 基于CNN和VAE的作诗机器人：随机成诗), "
+    "Tang poems, traditional characters. Input: a column `count` (poems per row), optional "
+    "`temperature` (> 0; 1 samples the model, toward 0 the most likely characters) and "
+    "`seed`. Output: a column `poems`, a list of couplets per row."
+)
+PAD_ID, UNK_ID = 0, 1
+NEVER_DRAWN = [PAD_ID, UNK_ID]
+SEED_LIMIT = 2**32  # numpy seeds are 0 .. 2**32 - 1
+REQUEST_COLUMNS = ("count", "temperature", "seed")
+# Han characters: the unified ideographs, extension A, compatibility ideographs, extensions B+.
+HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+SENTENCE_END = re.compile(r"[。！？；!?;]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    include: list[str]  # glob patterns inside a corpus folder
+    line_chars: int  # 5: pentasyllabic (the post); 7 would take heptasyllabic couplets
+    test_fraction: float  # of poems
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_dim: int  # embedding and gated conv width; the post: 64
+    latent_dim: int  # the post: 64
+    kernel_size: int  # the post: 3
+    encoder_layers: int  # the post: 2
+    decoder_layers: int  # the post: 1
+    initial_log_var: float  # the codes' log-variance before training; the post: 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    kl_weight: float  # the post: 1 (the plain evidence lower bound)
+    kl_warmup_couplets: int  # the KL weight rises from 0 over this many couplets; the post: 0
+    max_couplets: int | None  # a seeded subset of the training couplets (None: all)
+    validation_fraction: float
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    samples: int  # couplets drawn from the prior for the sample metrics
+    temperatures: list[float]  # the sweep plotted next to argmax
+    shown: int  # samples written to samples.txt
+    interpolation_steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    temperature: float  # the default
+    max_temperature: float
+    max_poems: int  # per request
+    batch_size: int  # codes decoded per forward pass
+
+
+@dataclass(frozen=True)
+class Config:
+    corpus: str
+    data: DataConfig
+    vocab: VocabConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    serve: ServeConfig
+    registered_name: str
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def couplets_of(text: str, line_chars: int) -> list[str]:
+    """The sentences of a poem that are two lines of `line_chars` Han characters, each as the
+    lines' characters without punctuation. Lines with a missing character (□), a variant in
+    [brackets] or any other mark are not couplets."""
+    pattern = re.compile(f"({HAN}{{{line_chars}}})[，,]({HAN}{{{line_chars}}})")
+    found = (pattern.fullmatch(s.strip()) for s in SENTENCE_END.split(text))
+    return [m.group(1) + m.group(2) for m in found if m]
+
+
+def split_poems(
+    poems: list[list[str]], test_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(train, test) couplets: whole poems go to one side (seeded), each couplet once; a test
+    couplet that a training poem also has is dropped, so no test couplet was trained on."""
+    order = list(range(len(poems)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(len(poems) * test_fraction))
+    test_poems = set(order[:n_test])
+    train = list(dict.fromkeys(c for i, p in enumerate(poems) if i not in test_poems for c in p))
+    seen = set(train)
+    test = list(dict.fromkeys(c for i in sorted(test_poems) for c in poems[i] if c not in seen))
+    return train, test
+
+
+def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
+    """Poems of the corpora -> train.txt and test.txt, a couplet a line ("line line")."""
+    data = config.data
+    files = matching_files(corpora, data.include, "poet.data.include")
+    poems = [couplets_of(p.text, data.line_chars) for f in files for p in read_titled_texts(f)]
+    poems = [p for p in poems if p]
+    if len(poems) < 2:
+        raise DataError(
+            f"{corpora[0]}: {len(poems)} poems with {data.line_chars}-character couplets; "
+            "need at least 2 to split"
+        )
+    train, test = split_poems(poems, data.test_fraction, data.split_seed)
+    if not train or not test:
+        raise DataError(f"{corpora[0]}: the split left no {'test' if train else 'train'} couplet")
+    for split, couplets in {"train": train, "test": test}.items():
+        io.write_lines(out_dir / f"{split}.txt", [as_lines(c) for c in couplets])
+    return {"poems": len(poems), "train_couplets": len(train), "test_couplets": len(test)}
+
+
+def as_lines(couplet: str) -> str:
+    half = len(couplet) // 2
+    return f"{couplet[:half]} {couplet[half:]}"
+
+
+def read_couplets(path: Path, line_chars: int) -> list[str]:
+    """A prepared split: "line line" a line -> the couplets' characters."""
+    couplets = []
+    for number, text in enumerate(io.read_lines(path), start=1):
+        lines = text.split()
+        if len(lines) != 2 or any(len(line) != line_chars for line in lines):
+            raise DataError(
+                f"{path}:{number}: expected two lines of {line_chars} characters, got {text!r}"
+            )
+        couplets.append("".join(lines))
+    return couplets
+
+
+def build_vocab(config: Config, data_dir: Path) -> Vocabulary:
+    """Characters of the training couplets."""
+    couplets = read_couplets(data_dir / "train.txt", config.data.line_chars)
+    return Vocabulary.build(couplets, config.vocab.min_count, config.vocab.max_size)
+
+
+def encode(couplets: list[str], vocab: Vocabulary) -> np.ndarray:
+    return np.array([vocab.encode(c) for c in couplets], dtype=np.int32).reshape(len(couplets), -1)
+
+
+# -- model --------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="kexue")
+def summed_crossentropy(y_true, y_pred):
+    """Cross-entropy summed over the couplet's positions (the post's), per couplet."""
+    per_char = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    return ops.sum(per_char, axis=-1)
+
+
+def unweighted(y_true, y_pred):
+    """The KL output as it is (the logged loss is weighted during the warm-up)."""
+    return y_pred
+
+
+def build_encoder(vocab_size: int, couplet_chars: int, config: ModelConfig) -> keras.Model:
+    ids = keras.Input(shape=(couplet_chars,), dtype="int32", name="couplet_ids")
+    hidden = keras.layers.Embedding(vocab_size, config.hidden_dim, name="char_embedding")(ids)
+    for i in range(config.encoder_layers):
+        hidden = GatedConv1D(
+            kernel_size=config.kernel_size, residual=True, name=f"encoder_gcnn_{i + 1}"
+        )(hidden)
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    mean = keras.layers.Dense(config.latent_dim, name="z_mean")(pooled)
+    log_var = keras.layers.Dense(
+        config.latent_dim,
+        bias_initializer=keras.initializers.Constant(config.initial_log_var),
+        name="z_log_var",
+    )(pooled)
+    return keras.Model(ids, [mean, log_var], name="encoder")
+
+
+def build_decoder(vocab_size: int, couplet_chars: int, config: ModelConfig) -> keras.Model:
+    code = keras.Input(shape=(config.latent_dim,), name="z")
+    hidden = keras.layers.Dense(config.hidden_dim * couplet_chars, name="spread")(code)
+    hidden = keras.layers.Reshape((couplet_chars, config.hidden_dim))(hidden)
+    for i in range(config.decoder_layers):
+        hidden = GatedConv1D(
+            kernel_size=config.kernel_size, residual=True, name=f"decoder_gcnn_{i + 1}"
+        )(hidden)
+    # Logits in float32: they feed a softmax (mixed precision on a GPU).
+    logits = keras.layers.Dense(vocab_size, dtype="float32", name="char_logits")(hidden)
+    return keras.Model(code, logits, name="decoder")
+
+
+def build_model(vocab_size: int, couplet_chars: int, config: ModelConfig, seed: int):
+    """Couplet ids -> {"couplet": logits of each position's character, "kl": KL per row}."""
+    ids = keras.Input(shape=(couplet_chars,), dtype="int32", name="couplet_ids")
+    mean, log_var = build_encoder(vocab_size, couplet_chars, config)(ids)
+    code = GaussianSample(seed, name="z_sample")([mean, log_var])
+    logits = build_decoder(vocab_size, couplet_chars, config)(code)
+    kl = KLDivergence(dtype="float32", name="kl")([mean, log_var])
+    return keras.Model(ids, {"couplet": logits, "kl": kl}, name="poet_vae")
+
+
+def make_dataset(ids: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+    """(ids, {"couplet": ids, "kl": 0}): the couplet is its own target; the KL's is unused."""
+    targets = {"couplet": ids, "kl": np.zeros(len(ids), dtype=np.float32)}
+    dataset = tf.data.Dataset.from_tensor_slices((ids, targets))
+    if shuffle:
+        dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train(
+    config: Config,
+    runtime: training.RuntimeConfig,
+    data_dir: Path,
+    vocab_file: Path,
+    model_dir: Path,
+    curves_file: Path,
+) -> dict[str, float]:
+    strategy = training.setup(runtime)
+    vocab = Vocabulary.load(vocab_file)
+    couplets = read_couplets(data_dir / "train.txt", config.data.line_chars)
+    random.Random(runtime.seed).shuffle(couplets)
+    if config.train.max_couplets is not None:
+        couplets = couplets[: config.train.max_couplets]
+    validation, couplets = training.hold_out(couplets, config.train.validation_fraction)
+    batch = training.global_batch_size(config.train.batch_size, strategy)
+    kl_loss = WeightedOutput(config.train.kl_weight)
+    with strategy.scope():
+        model = build_model(len(vocab), 2 * config.data.line_chars, config.model, runtime.seed)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.train.learning_rate),
+            loss={"couplet": summed_crossentropy, "kl": kl_loss},
+            metrics={
+                "couplet": [keras.metrics.SparseCategoricalAccuracy(name="char_accuracy")],
+                "kl": [keras.metrics.MeanMetricWrapper(unweighted, name="nats")],
+            },
+        )
+    warmup = KLWarmup(kl_loss, config.train.kl_weight, config.train.kl_warmup_couplets // batch)
+    history = training.fit(
+        model,
+        make_dataset(encode(couplets, vocab), batch, runtime.seed, shuffle=True),
+        make_dataset(encode(validation, vocab), batch, runtime.seed, shuffle=False),
+        epochs=config.train.epochs,
+        curves_path=curves_file,
+        backup_dir=Path(runtime.backup_dir),
+        extra_callbacks=[warmup],
+    )
+    training.save_model(model, model_dir / MODEL_FILE)
+    last = {name: values[-1] for name, values in history.history.items()}
+    return {
+        "train_couplets": len(couplets),
+        "final_loss": last["loss"],
+        "final_kl": last["kl_nats"],
+        "final_val_loss": last["val_loss"],
+        "final_val_char_accuracy": last["val_couplet_char_accuracy"],
+    }
+
+
+# -- sampling -----------------------------------------------------------------------------
+
+
+def choose(logits: np.ndarray, temperature: float | None, rng: np.random.Generator) -> np.ndarray:
+    """A character id per position from (..., vocab) logits: argmax when `temperature` is
+    None, else a draw from softmax(logits / temperature) (the Gumbel-max trick: the argmax of
+    logits / T plus Gumbel noise is such a draw). Padding and unknown are never chosen."""
+    logits = np.array(logits, dtype=np.float64)
+    logits[..., NEVER_DRAWN] = -np.inf
+    if temperature is None:
+        return np.argmax(logits, axis=-1)
+    return np.argmax(logits / temperature + rng.gumbel(size=logits.shape), axis=-1)
+
+
+class CoupletSampler:
+    """The trained VAE's two halves: couplets -> codes, codes -> couplets."""
+
+    def __init__(self, model: keras.Model, vocab: Vocabulary, batch_size: int):
+        self.vocab, self.batch_size = vocab, batch_size
+        encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+        self.couplet_chars = encoder.input_shape[1]
+        self.latent_dim = decoder.input_shape[-1]
+        if len(vocab) != decoder.output_shape[-1]:
+            raise DataError(
+                f"the vocabulary has {len(vocab)} tokens; the model was trained with "
+                f"{decoder.output_shape[-1]}"
+            )
+        # One trace per batch shape, not per call.
+        self._encode = tf.function(
+            lambda ids: encoder(ids, training=False)[0], reduce_retracing=True
+        )
+        self._decode = tf.function(
+            lambda codes: decoder(codes, training=False), reduce_retracing=True
+        )
+
+    @classmethod
+    def load(cls, model_file: Path | str, vocab_file: Path | str, batch_size: int):
+        model = keras.models.load_model(model_file, compile=False)
+        return cls(model, Vocabulary.load(vocab_file), batch_size)
+
+    def codes(self, couplets: list[str]) -> np.ndarray:
+        """The encoder's mean code of each couplet."""
+        ids = encode(couplets, self.vocab)
+        parts = [
+            self._encode(tf.constant(ids[i : i + self.batch_size])).numpy()
+            for i in range(0, len(ids), self.batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.latent_dim))
+
+    def draw(self, codes: np.ndarray, temperature: float | None, rng) -> np.ndarray:
+        """(n, couplet_chars) ids decoded from codes, `batch_size` codes at a time (the
+        logits of a thousand codes would take gigabytes)."""
+        codes = np.asarray(codes, dtype=np.float32)
+        chosen = [
+            choose(
+                self._decode(tf.constant(codes[i : i + self.batch_size])).numpy(), temperature, rng
+            )
+            for i in range(0, len(codes), self.batch_size)
+        ]
+        return np.concatenate(chosen) if chosen else np.zeros((0, self.couplet_chars), np.int64)
+
+    def prior_codes(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal((count, self.latent_dim))
+
+    def sample(self, count: int, temperature: float | None, rng) -> list[str]:
+        """`count` new couplets: codes from the prior N(0, I), decoded at `temperature`."""
+        return self.text(self.draw(self.prior_codes(count, rng), temperature, rng))
+
+    def text(self, ids: np.ndarray) -> list[str]:
+        return ["".join(self.vocab.tokens[i] for i in row) for row in ids]
+
+
+def punctuated(couplet: str) -> str:
+    """ "秦川雄帝宅函谷壯皇居" -> "秦川雄帝宅，函谷壯皇居。" (as the corpus writes it)."""
+    half = len(couplet) // 2
+    return f"{couplet[:half]}，{couplet[half:]}。"
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+
+def is_well_formed(couplet: str, line_chars: int) -> bool:
+    """Two lines of `line_chars` Han characters: no padding, no unknown token, nothing else."""
+    return re.fullmatch(f"{HAN}{{{2 * line_chars}}}", couplet) is not None
+
+
+def sample_quality(couplets: list[str], train_lines: set[str], line_chars: int) -> dict:
+    """Well-formed share; share of lines (and of couplets) not in the training corpus;
+    distinct-2: distinct character bigrams within lines over all of them."""
+    lines = [c[i : i + line_chars] for c in couplets for i in (0, line_chars)]
+    bigrams = [line[i : i + 2] for line in lines for i in range(len(line) - 1)]
+    return {
+        "well_formed": float(np.mean([is_well_formed(c, line_chars) for c in couplets])),
+        "novel_lines": float(np.mean([line not in train_lines for line in lines])),
+        "novel_couplets": float(
+            np.mean(
+                [
+                    any(c[i : i + line_chars] not in train_lines for i in (0, line_chars))
+                    for c in couplets
+                ]
+            )
+        ),  # fmt: skip
+        "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+    }
+
+
+def reconstruction_accuracy(sampler: CoupletSampler, couplets: list[str], codes) -> float:
+    """Share of characters the argmax decoding of `codes` gets right, position by position."""
+    decoded = sampler.draw(codes, None, None)
+    return float(np.mean(decoded == encode(couplets, sampler.vocab)))
+
+
+def interpolation(sampler: CoupletSampler, start: str, end: str, steps: int) -> list[str]:
+    """Argmax decodings along the straight line between two couplets' codes."""
+    a, b = sampler.codes([start, end])
+    weights = np.linspace(0.0, 1.0, steps)[:, None]
+    return sampler.text(sampler.draw((1 - weights) * a + weights * b, None, None))
+
+
+def evaluate(
+    config: Config, data_dir: Path, vocab_file: Path, model_dir: Path, plots_dir: Path
+) -> dict[str, float]:
+    """On `evaluate.samples` codes from the prior: well-formed, novel and distinct-2 at the
+    serving temperature, at argmax and over a temperature sweep; held-out reconstruction
+    accuracy from the codes, and from the prior's mean as a floor; samples and an
+    interpolation as text."""
+    line_chars, evaluation = config.data.line_chars, config.evaluate
+    sampler = CoupletSampler.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size)
+    train_couplets = read_couplets(data_dir / "train.txt", line_chars)
+    train_lines = {c[i : i + line_chars] for c in train_couplets for i in (0, line_chars)}
+    test = read_couplets(data_dir / "test.txt", line_chars)
+    rng = np.random.default_rng(evaluation.seed)
+    codes = sampler.prior_codes(evaluation.samples, rng)  # one set of codes for every setting
+    temperatures = sorted({*evaluation.temperatures, config.serve.temperature})
+    sampled = {t: sampler.text(sampler.draw(codes, t, rng)) for t in temperatures}
+    greedy = sampler.text(sampler.draw(codes, None, rng))
+    metrics = {
+        **sample_quality(sampled[config.serve.temperature], train_lines, line_chars),
+        **{f"argmax_{k}": v for k, v in sample_quality(greedy, train_lines, line_chars).items()},
+    }
+    test_codes = sampler.codes(test)
+    metrics.update(
+        recon_acc=reconstruction_accuracy(sampler, test, test_codes),
+        prior_recon_acc=reconstruction_accuracy(sampler, test, np.zeros_like(test_codes)),
+        test_code_norm=float(np.mean(np.linalg.norm(test_codes, axis=1))),
+        temperature=config.serve.temperature,
+        samples=len(codes),
+        test_couplets=len(test),
+    )
+    sweep = [{"temperature": 0.0, **sample_quality(greedy, train_lines, line_chars)}] + [
+        {"temperature": t, **sample_quality(sampled[t], train_lines, line_chars)}
+        for t in temperatures
+    ]
+    io.write_json(plots_dir / "temperature.json", sweep)
+    ends = [test[i] for i in rng.choice(len(test), 2, replace=False)] if len(test) > 1 else test * 2
+    path = interpolation(sampler, ends[0], ends[1], evaluation.interpolation_steps)
+    io.write_text(
+        plots_dir / "samples.txt",
+        samples_text(sampled[config.serve.temperature], greedy, ends, path, config),
+    )
+    return metrics
+
+
+def samples_text(sampled, greedy, ends, path, config: Config) -> str:
+    shown, temperature = config.evaluate.shown, config.serve.temperature
+    lines = [f"# {shown} couplets, codes drawn from N(0, I), temperature {temperature}"]
+    lines += [punctuated(c) for c in sampled[:shown]]
+    lines += ["", f"# the same first {shown} codes, argmax (the post's decoding)"]
+    lines += [punctuated(c) for c in greedy[:shown]]
+    lines += ["", "# from one held-out couplet's code to another's in equal steps, argmax"]
+    lines += [f"held out:  {punctuated(ends[0])}"]
+    weights = np.linspace(0, 1, len(path))
+    lines += [f"{w:9.2f}  {punctuated(c)}" for w, c in zip(weights, path, strict=True)]
+    lines += [f"held out:  {punctuated(ends[1])}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoemRequest:
+    count: int
+    temperature: float
+    seed: int | None
+
+
+def poem_requests(model_input, settings: dict) -> list[PoemRequest]:
+    """Rows of `count` (1..max_poems), optional `temperature` (0 < T <= max_temperature;
+    default the model's) and `seed` (0 .. 2**32 - 1; none: a fresh draw each call). A
+    DataFrame, a list of such records, one record as a dict, or a bare count."""
+    if isinstance(model_input, dict):
+        model_input = [model_input]
+    if isinstance(model_input, Integral) and not isinstance(model_input, bool):
+        model_input = [{"count": model_input}]
+    if isinstance(model_input, list) and all(isinstance(r, dict) for r in model_input):
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame):
+        raise serving.bad_request(
+            f"expected rows with a column 'count', got {type(model_input).__name__}"
+        )
+    unknown = [c for c in model_input.columns if c not in REQUEST_COLUMNS]
+    if unknown or "count" not in model_input.columns:
+        raise serving.bad_request(
+            f"expected the columns 'count' and optionally 'temperature', 'seed'; "
+            f"got {list(model_input.columns)}"
+        )
+    if model_input.empty:
+        raise serving.bad_request("input has no rows; send at least one 'count'")
+    requests = []
+    for row, values in enumerate(model_input.to_dict("records")):
+        count = _integer(values.get("count"), "count", row)
+        if count is None or not 1 <= count <= settings["max_poems"]:
+            raise serving.bad_request(
+                f"row {row}: 'count' must be between 1 and {settings['max_poems']}, got {count}"
+            )
+        seed = _integer(values.get("seed"), "seed", row)
+        if seed is not None and not 0 <= seed < SEED_LIMIT:
+            raise serving.bad_request(f"row {row}: 'seed' must be 0 .. 2**32 - 1, got {seed}")
+        temperature = _temperature(values.get("temperature"), row, settings)
+        requests.append(PoemRequest(count, temperature, seed))
+    total = sum(r.count for r in requests)
+    if total > settings["max_poems"]:
+        raise serving.bad_request(
+            f"input asks for {total} poems; the limit per request is {settings['max_poems']}"
+        )
+    return requests
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _integer(value, name: str, row: int) -> int | None:
+    """A whole number (a float like 3.0 too: pandas turns a column with gaps into floats)."""
+    if _missing(value):
+        return None
+    whole = isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        raise serving.bad_request(f"row {row}: '{name}' must be an integer, got {value!r}")
+    return int(value)
+
+
+def _temperature(value, row: int, settings: dict) -> float:
+    if _missing(value):
+        return settings["temperature"]
+    if isinstance(value, bool) or not isinstance(value, (Integral, float)):
+        raise serving.bad_request(f"row {row}: 'temperature' must be a number, got {value!r}")
+    if not 0 < value <= settings["max_temperature"]:
+        raise serving.bad_request(
+            f"row {row}: 'temperature' must be above 0 and at most "
+            f"{settings['max_temperature']:g}, got {value!r}"
+        )
+    return float(value)
+
+
+class PoetPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: rows of `count`, `temperature`, `seed` in; a column `poems` out."""
+
+    def load_context(self, context):
+        self.settings = context.model_config
+        self.sampler = CoupletSampler.load(
+            context.artifacts["model"], context.artifacts["vocab"], self.settings["batch_size"]
+        )
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        poems = []
+        for request in poem_requests(model_input, self.settings):
+            rng = np.random.default_rng(request.seed)
+            couplets = self.sampler.sample(request.count, request.temperature, rng)
+            poems.append([punctuated(c) for c in couplets])
+        return pd.DataFrame({"poems": poems})
+
+
+def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
+    """Arguments for mlflow.pyfunc.save_model/log_model. No input schema: `poem_requests`
+    checks the rows itself and says which row and column are wrong."""
+    return {
+        "python_model": PoetPyfunc(),
+        "artifacts": {"model": str(model_dir / MODEL_FILE), "vocab": str(vocab_file)},
+        "model_config": {
+            "temperature": config.serve.temperature,
+            "max_temperature": config.serve.max_temperature,
+            "max_poems": config.serve.max_poems,
+            "batch_size": config.serve.batch_size,
+        },
+    }

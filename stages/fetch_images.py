@@ -1,0 +1,38 @@
+"""DVC stage fetch_images: a class-per-folder image dataset (OUT/{train,test}/<class>/<image>)
+from `dogs.data`: MNIST digits written out as PNG files (the offline stand-in), or Stanford
+Dogs / Oxford-IIIT Pet fetched from `sources` (verified, resumable, safely extracted)."""
+
+import argparse
+import json
+from pathlib import Path
+
+from kexue import params, tracking
+from kexue.data.images import ImageDataConfig, build_dataset
+from kexue.data.mnist import read_mnist
+from kexue.data.sources import Source
+
+from _common import run, runtime_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="the params.yaml block whose `data` describes the images")
+    parser.add_argument("out", type=Path, help="folder for the train/ and test/ class folders")
+    parser.add_argument("--mnist", type=Path, help="mnist.pkl.gz, for dataset: mnist")
+    args = parser.parse_args()
+    all_params = params.load()
+    block = params.block(all_params, args.model)
+    config = params.parse(ImageDataConfig, block.get("data"), f"{args.model}.data")
+    keys = [key for key in (config.images_source, config.lists_source) if key is not None]
+    declared = all_params.get("sources") or {}
+    sources = {key: Source.from_params(key, declared.get(key)) for key in keys}
+    mnist = None
+    if config.dataset == "mnist" and args.mnist is not None:
+        mnist = read_mnist(args.mnist)
+    cache_dir = tracking.project_root() / runtime_config(all_params).download_dir
+    counts = build_dataset(config, args.out, cache_dir, sources, mnist)
+    print(json.dumps(counts))
+
+
+if __name__ == "__main__":
+    run(main)
