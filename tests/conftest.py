@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+# The loopback HTTP file server fixture (`server`) of the download tests.
+pytest_plugins = ["file_server"]
 # Words with no shared characters, so a tiny model can learn every boundary.
 TINY_WORDS = ["我们", "喜欢", "北京", "公园", "散步", "很", "好", "图书馆", "。"]
 

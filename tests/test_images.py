@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import io
-import tarfile
 
 import numpy as np
 import pytest
 import scipy.io
+from file_server import sha256, tar_archive
 from PIL import Image
-from test_sources import server, sha256  # noqa: F401  (the loopback HTTP server fixture)
 
 from kexue.data import images
 from kexue.data.images import ImageDataConfig
@@ -24,16 +23,6 @@ def jpeg(seed: int, size=(23, 17)) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -57,8 +46,8 @@ def stanford_dogs(per_breed: int = 4, test_per_breed: int = 2) -> tuple[bytes, b
             name = f"{breed}/{wnid}_{i}.jpg"
             members[f"Images/{name}"] = jpeg(b * 100 + i)
             names["train" if i < per_breed else "test"].append(name)
-    lists = tar_bytes({f"{s}_list.mat": mat_list(n) for s, n in names.items()})
-    return tar_bytes(members), lists, names
+    lists = tar_archive({f"{s}_list.mat": mat_list(n) for s, n in names.items()})
+    return tar_archive(members), lists, names
 
 
 def stanford_config(**overrides) -> ImageDataConfig:
@@ -73,7 +62,7 @@ def stanford_config(**overrides) -> ImageDataConfig:
     return ImageDataConfig(**{**values, **overrides})
 
 
-def served_sources(server, images_tar: bytes, lists_tar: bytes, **hashes) -> dict[str, Source]:  # noqa: F811
+def served_sources(server, images_tar: bytes, lists_tar: bytes, **hashes) -> dict[str, Source]:
     blocks = {
         "stanford_dogs_images": ("images.tar", images_tar),
         "stanford_dogs_lists": ("lists.tar", lists_tar),
@@ -91,7 +80,7 @@ def served_sources(server, images_tar: bytes, lists_tar: bytes, **hashes) -> dic
     }
 
 
-def test_stanford_dogs_download_builds_the_official_split_in_class_folders(server, tmp_path):  # noqa: F811
+def test_stanford_dogs_download_builds_the_official_split_in_class_folders(server, tmp_path):
     images_tar, lists_tar, names = stanford_dogs()
     out = tmp_path / "dogs"
     sources = served_sources(server, images_tar, lists_tar)
@@ -105,7 +94,7 @@ def test_stanford_dogs_download_builds_the_official_split_in_class_folders(serve
     assert (out / "train" / BREEDS[0] / "n02085620_0.jpg").read_bytes() == jpeg(0)
 
 
-def test_per_class_sample_is_seeded(server, tmp_path):  # noqa: F811
+def test_per_class_sample_is_seeded(server, tmp_path):
     images_tar, lists_tar, _ = stanford_dogs()
     sources = served_sources(server, images_tar, lists_tar)
     config = stanford_config(train_per_class=2, test_per_class=1)
@@ -116,7 +105,7 @@ def test_per_class_sample_is_seeded(server, tmp_path):  # noqa: F811
     assert a == b
 
 
-def test_hash_mismatch_keeps_the_old_dataset_and_leaves_nothing(server, tmp_path):  # noqa: F811
+def test_hash_mismatch_keeps_the_old_dataset_and_leaves_nothing(server, tmp_path):
     images_tar, lists_tar, _ = stanford_dogs()
     out = tmp_path / "dogs"
     (out / "train" / "old").mkdir(parents=True)
@@ -127,7 +116,7 @@ def test_hash_mismatch_keeps_the_old_dataset_and_leaves_nothing(server, tmp_path
     assert (out / "train" / "old").is_dir()
 
 
-def test_a_truncated_tar_is_refused(server, tmp_path):  # noqa: F811
+def test_a_truncated_tar_is_refused(server, tmp_path):
     images_tar, lists_tar, _ = stanford_dogs()
     # Cut inside a member, hashed as cut: the download verifies, the unpacking must not.
     cut = images_tar[: len(images_tar) // 2 + 700]
@@ -137,18 +126,18 @@ def test_a_truncated_tar_is_refused(server, tmp_path):  # noqa: F811
     assert not (tmp_path / "dogs").exists()
 
 
-def test_a_member_escaping_with_dotdot_is_refused(server, tmp_path):  # noqa: F811
+def test_a_member_escaping_with_dotdot_is_refused(server, tmp_path):
     images_tar, lists_tar, _ = stanford_dogs()
-    evil = tar_bytes({"Images/../../evil.jpg": jpeg(1)})
+    evil = tar_archive({"Images/../../evil.jpg": jpeg(1)})
     sources = served_sources(server, evil, lists_tar)
     with pytest.raises(SourceError, match=r"refusing member 'Images/\.\./\.\./evil\.jpg'"):
         images.build_dataset(stanford_config(), tmp_path / "dogs", tmp_path / "cache", sources)
     assert not (tmp_path / "evil.jpg").exists() and not (tmp_path / "dogs").exists()
 
 
-def test_a_listed_image_missing_from_the_archive_names_it(server, tmp_path):  # noqa: F811
+def test_a_listed_image_missing_from_the_archive_names_it(server, tmp_path):
     images_tar, _, names = stanford_dogs()
-    lists = tar_bytes(
+    lists = tar_archive(
         {
             "train_list.mat": mat_list([*names["train"], f"{BREEDS[0]}/missing.jpg"]),
             "test_list.mat": mat_list(names["test"]),

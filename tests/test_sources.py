@@ -6,66 +6,18 @@ import base64
 import hashlib
 import io
 import os
-import sys
 import tarfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import free_port, serve
+from file_server import sha256, tar_archive
 
 from kexue.data.sources import Source, download, extract, fetch
 from kexue.errors import ParamsError, SourceError
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD = os.urandom(300_000)
-
-
-@dataclass
-class FileServer:
-    url: str
-    root: Path
-    request_log: Path
-
-    def put(self, name: str, data: bytes) -> str:
-        (self.root / name).write_bytes(data)
-        return f"{self.url}/{name}"
-
-    def ranges(self, path: str) -> list[str]:
-        """The Range headers (or '-') of the requests for `path`, in order."""
-        lines = self.request_log.read_text(encoding="utf-8").splitlines()
-        return [line.split(" ", 1)[1] for line in lines if line.split(" ", 1)[0] == path]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> FileServer:
-    root = tmp_path_factory.mktemp("served")
-    logs = tmp_path_factory.mktemp("server_logs")
-    port = free_port()
-    command = [
-        sys.executable,
-        str(HERE / "loopback_http_server.py"),
-        str(root),
-        str(port),
-        str(logs / "requests.log"),
-    ]
-    with serve(command, f"http://127.0.0.1:{port}/_ready", logs / "server.log", timeout=30):
-        yield FileServer(f"http://127.0.0.1:{port}", root, logs / "requests.log")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def tar_with(*infos: tarfile.TarInfo) -> bytes:
@@ -88,12 +40,13 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-CORPUS = tar_gz(
+CORPUS = tar_archive(
     {
         "corpus-1.0/data/a.txt": b"alpha\n",
         "corpus-1.0/data/b.txt": b"beta\n",
         "corpus-1.0/README": b"readme\n",
-    }
+    },
+    "w:gz",
 )
 
 
@@ -314,14 +267,15 @@ def test_extract_wheel_members(tmp_path):
     assert leftovers(tmp_path / "dest") == ["digits.bin"]
 
 
-SERIES = tar_gz(
+SERIES = tar_archive(
     {
         "pkg/dist/poet.tang.0.json": b"tang 0",
         "pkg/dist/poet.tang.1000.json": b"tang 1000",
         "pkg/dist/poet.song.0.json": b"song 0",
         "pkg/dist/error/poet.tang.0.json": b"a subfolder: not matched",
         "pkg/dist/authors.tang.json": b"authors",
-    }
+    },
+    "w:gz",
 )
 
 
@@ -361,7 +315,7 @@ def test_extract_patterns_clashing_in_one_folder_are_refused(tmp_path):
 @pytest.mark.parametrize("keep", [0.5, -10], ids=["half", "trailer"])
 def test_extract_truncated_tar_gz_names_the_archive(tmp_path, keep):
     archive = tmp_path / "cut.tar.gz"
-    data = tar_gz({"a/big.bin": PAYLOAD})
+    data = tar_archive({"a/big.bin": PAYLOAD}, "w:gz")
     archive.write_bytes(data[: int(len(data) * keep)] if keep > 0 else data[:keep])
     with pytest.raises(SourceError, match=f"{archive}: truncated or corrupt archive"):
         extract(archive, tmp_path / "dest", None)
