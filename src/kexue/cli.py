@@ -127,14 +127,21 @@ def _read_images(paths: list[str]) -> list[bytes]:
     return images
 
 
-def classify(args: argparse.Namespace) -> None:
+def _predict_images(args: argparse.Namespace, registered: str, params: dict):
+    """(paths, predictions) of the image files named on the command line or stdin."""
     paths = _texts(args)
     if not paths:
-        return
+        return [], None
     images = _read_images(paths)
-    model = _load(args.model or tracking.champion_uri(IMAGES))
+    model = _load(args.model or tracking.champion_uri(registered))
+    return paths, _predict(model, pd.DataFrame({"image": images}), params)
+
+
+def classify(args: argparse.Namespace) -> None:
     params = {} if args.top is None else {"top_k": args.top}
-    found = _predict(model, pd.DataFrame({"image": images}), params)
+    paths, found = _predict_images(args, IMAGES, params)
+    if not paths:
+        return
     for path, classes, probabilities in zip(
         paths, found["classes"], found["probabilities"], strict=True
     ):
@@ -143,12 +150,9 @@ def classify(args: argparse.Namespace) -> None:
 
 
 def digits(args: argparse.Namespace) -> None:
-    paths = _texts(args)
+    paths, found = _predict_images(args, DIGITS, {})
     if not paths:
         return
-    images = _read_images(paths)
-    model = _load(args.model or tracking.champion_uri(DIGITS))
-    found = _predict(model, pd.DataFrame({"image": images}), {})
     for path, digit, top2 in zip(paths, found["digit"], found["top2"], strict=True):
         print(f"{path}\t{digit}\t{top2[0]},{top2[1]}")
 

@@ -14,8 +14,6 @@ should find both digits far more often than the CNN, whose pooled features blur 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,15 +303,7 @@ class DigitsPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         settings = self.settings
-        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
-            raise serving.bad_request("expected a column 'image'")
-        values = model_input["image"].tolist()
-        if not values:
-            raise serving.bad_request("input has no rows; send at least one image")
-        if len(values) > settings["max_images"]:
-            raise serving.bad_request(
-                f"input has {len(values)} images; the limit per request is {settings['max_images']}"
-            )
+        values = serving.image_column(model_input, settings["max_images"])
         out = {"digit": [], "top2": [], "scores": []}
         for row, value in enumerate(values):
             image = to_image(value, row, settings["max_side"])
@@ -328,14 +318,11 @@ class DigitsPyfunc(mlflow.pyfunc.PythonModel):
 def to_image(value, row: int, max_side: int) -> np.ndarray:
     """float32 (h, w) in 0..1, the shorter side 28, from PNG/JPEG bytes, base64 text of them,
     or a 2-D array."""
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes, bytearray)):
         try:
-            value = base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise serving.bad_request(f"row {row}: 'image' text is not base64") from None
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            decoded = tf.io.decode_image(bytes(value), channels=1, expand_animations=False)
+            decoded = tf.io.decode_image(
+                serving.image_bytes(value, row), channels=1, expand_animations=False
+            )
         except tf.errors.InvalidArgumentError:
             raise serving.bad_request(f"row {row}: 'image' is not a PNG or JPEG image") from None
         pixels = decoded.numpy()[..., 0].astype(np.float32) / 255
