@@ -70,6 +70,26 @@ def test_prepare_keeps_the_official_split_and_builds_pairs_of_different_digits(t
         assert all(test_y[i[0]] == y for i, y in zip(found, pair_y[:5, digit], strict=True))
 
 
+def test_shifted_moves_a_digit_within_the_bounds_and_keeps_it_whole():
+    image = np.zeros((28, 28, 1), np.float32)
+    image[10:14, 12:15] = 1  # a 4 x 3 blob
+    moved = [
+        capsule.shifted(tf.constant(image), 4, tf.constant([7, i], tf.int64)).numpy()
+        for i in range(30)
+    ]
+    tops = {int(np.argwhere(m[..., 0])[0, 0]) for m in moved}
+    lefts = {int(np.argwhere(m[..., 0])[:, 1].min()) for m in moved}
+    assert all(m.shape == (28, 28, 1) and m.sum() == 12 for m in moved)
+    assert tops <= set(range(6, 15)) and lefts <= set(range(8, 17)) and len(tops) > 1
+    again = capsule.shifted(tf.constant(image), 4, tf.constant([7, 0], tf.int64)).numpy()
+    assert (again == moved[0]).all()  # seeded
+    assert (
+        (capsule.shifted(tf.constant(image), 0, tf.constant([7, 0], tf.int64)) == image)
+        .numpy()
+        .all()
+    )
+
+
 def test_two_digit_images_stack_like_the_post_or_sit_side_by_side():
     pairs = np.arange(2 * 2 * 28 * 28, dtype=np.uint8).reshape(2, 2, 28, 28)
     stacked = capsule.two_digit_images(pairs, "stacked")

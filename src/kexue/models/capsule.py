@@ -68,6 +68,7 @@ class LossConfig:
 class TrainConfig:  # both models alike, but for the baseline's epochs
     epochs: int
     baseline_epochs: int  # the CNN's: it converges slower (the post trains it 20 epochs)
+    max_shift: int  # training digits move by up to this many pixels each way (0: as given)
     batch_size: int
     learning_rate: float
 
@@ -195,13 +196,28 @@ def compiled(model: keras.Model, loss: LossConfig, optimizer) -> keras.Model:
     return model
 
 
+def shifted(image: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
+    """The (h, w, 1) image moved by up to `max_shift` pixels each way (a seeded crop of the
+    zero-padded image). Still one digit; but a digit seen off-centre in training is read
+    where it sits in a wider image, which is what the two-digit test asks."""
+    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+    return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
+
+
 def fit(build, epochs: int, config: Config, runtime, data_dir: Path, curves: Path, backup: Path):
     strategy = training.setup(runtime)
     x, y = load_npz(data_dir / "train.npz")
     batch = training.global_batch_size(config.train.batch_size, strategy)
+    digits = tf.data.Dataset.from_tensor_slices(
+        (as_input(x), np.eye(CLASSES, dtype=np.float32)[y])
+    ).shuffle(len(y), seed=runtime.seed)
+    seeds = tf.data.Dataset.random(seed=runtime.seed).batch(2)  # a crop seed per digit
     dataset = (
-        tf.data.Dataset.from_tensor_slices((as_input(x), np.eye(CLASSES, dtype=np.float32)[y]))
-        .shuffle(len(y), seed=runtime.seed)
+        tf.data.Dataset.zip(digits, seeds)
+        .map(
+            lambda digit, seed: (shifted(digit[0], config.train.max_shift, seed), digit[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         .batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )
