@@ -214,9 +214,7 @@ def compile_trainer(
     """Adam with the rate decayed to 0 over the phase's `steps` (cosine): a phase ends on
     small steps, so its last weights do not hinge on the last few batches."""
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-        ),
+        optimizer=training.cosine_adam(learning_rate, steps),
         loss={"probs": "sparse_categorical_crossentropy", "center": center_term},
         loss_weights={"probs": 1.0, "center": center_weight},
         metrics={"probs": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
