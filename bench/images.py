@@ -72,8 +72,8 @@ def augment_one(path: str, size: int, config: AugmentConfig, rng) -> np.ndarray:
 
 def tf_batches(paths, labels, size: int, config: AugmentConfig, batch: int, seed: int):
     """The pipeline training uses (without its in-memory cache: every epoch decodes)."""
-    decoded = images.decoded_images(paths, labels, size)
-    return augment.augmented_batches(decoded, config, batch, seed).prefetch(-1)
+    decoded = images.decoded_images(images.image_files(paths, labels))
+    return augment.augmented_batches(decoded, config, size, batch, seed).prefetch(-1)
 
 
 def images_per_second(run: Callable[[], Iterable], count: int, repeats: int) -> float:

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kexue.data import augment
+from kexue.data import augment, images
 from kexue.data.augment import AugmentConfig
 
 OFF = AugmentConfig(
@@ -79,7 +79,7 @@ def test_mask_zeroes_exactly_one_quarter(quarter):
 
 
 def test_splice_takes_the_right_half_of_a_same_class_image_and_keeps_the_label():
-    images = np.stack([np.full((4, 6, 3), value, np.float32) for value in (10, 20, 30, 40)])
+    images = np.stack([np.full((6, 6, 3), value, np.float32) for value in (10, 20, 30, 40)])
     labels = tf.constant([0, 1, 0, 1])
     partners = augment.same_class_partners(labels, tf.constant([3, 4], tf.int64)).numpy()
     np.testing.assert_array_equal(partners, [2, 3, 0, 1])  # the only same-class other image
@@ -89,7 +89,7 @@ def test_splice_takes_the_right_half_of_a_same_class_image_and_keeps_the_label()
         np.testing.assert_array_equal(spliced[i, :, 3:], images[partner, :, 3:])
     config = AugmentConfig(**{**OFF.__dict__, "splice": 1.0})
     out = augment.augmented_batches(
-        tf.data.Dataset.from_tensor_slices((images, labels)), config, batch_size=4, seed=3
+        tf.data.Dataset.from_tensor_slices((images, labels)), config, 6, batch_size=4, seed=3
     )
     (batch, batch_labels), *_ = list(out)
     np.testing.assert_array_equal(batch_labels, labels)
@@ -110,7 +110,7 @@ def test_the_pipeline_is_seeded_and_draws_anew_each_epoch():
 
     def batches(seed):
         data = tf.data.Dataset.from_tensor_slices((images, labels))
-        return augment.augmented_batches(data, config, batch_size=3, seed=seed)
+        return augment.augmented_batches(data, config, 8, batch_size=3, seed=seed)
 
     first = [x.numpy() for x, _ in batches(5)]
     again = [x.numpy() for x, _ in batches(5)]
@@ -119,6 +119,50 @@ def test_the_pipeline_is_seeded_and_draws_anew_each_epoch():
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
     assert not np.allclose(np.concatenate(epoch1), np.concatenate(epoch2))
     assert not np.allclose(np.concatenate(first), images)
+
+
+def turn_by(degrees: float) -> dict:
+    """A draw of random_strengths for one image: this rotation, nothing else."""
+    return {"degrees": tf.constant([degrees]), "scales": tf.constant([1.0])}
+
+
+@pytest.mark.parametrize("side", [4, 16])
+def test_an_image_is_turned_and_resized_whether_it_is_enlarged_or_shrunk(side):
+    # Smaller than the output: turned, then enlarged; larger: shrunk, then turned. A square
+    # image turned by 90 degrees comes out the same either way.
+    config = AugmentConfig(**{**OFF.__dict__, "rotation": 90.0})
+    image = ramp(side, side)
+    turned = augment.augment_image(tf.constant(image), turn_by(90.0), 8, config).numpy()
+    resized = images.resize(tf.constant(image[None]), 8).numpy()[0]
+    np.testing.assert_allclose(turned, np.rot90(resized, k=1, axes=(0, 1)), atol=1e-3)
+
+
+def test_resizing_is_anti_aliased_only_when_shrinking_where_it_differs():
+    small, large = ramp(5, 7)[None] % 50, ramp(24, 24)[None] % 50
+    for batch in (small, large):
+        np.testing.assert_allclose(
+            images.resize(tf.constant(batch), 12),
+            tf.image.resize(batch, (12, 12), antialias=True),
+            atol=1e-3,
+        )
+    assert not np.allclose(tf.image.resize(large, (12, 12)), images.resize(large, 12), atol=1)
+
+
+def test_images_of_any_size_come_out_as_one_batch_of_the_training_size():
+    config = AugmentConfig(
+        flip=0.5, rotation=10.0, zoom=[0.8, 1.2], splice=0.5, mask=0.5, fill_mode="reflect", seed=1
+    )
+    originals = [ramp(5, 9).astype(np.uint8), ramp(30, 20).astype(np.uint8), ramp(8, 8)]
+    data = tf.data.Dataset.from_generator(
+        lambda: ((image.astype(np.uint8), 0) for image in originals),
+        output_signature=(
+            tf.TensorSpec((None, None, 3), tf.uint8),
+            tf.TensorSpec((), tf.int32),
+        ),
+    )
+    (batch, labels), *rest = list(augment.augmented_batches(data, config, 12, 3, seed=2))
+    assert batch.shape == (3, 12, 12, 3) and batch.dtype == tf.float32 and not rest
+    np.testing.assert_array_equal(labels, [0, 0, 0])
 
 
 def test_preview_has_a_row_per_augmentation():

@@ -1,15 +1,17 @@
 """Image augmentation on the fly, as a seeded tf.data pipeline: the post's horizontal flip,
 rotation, zoom, same-class splice and random quarter mask.
 
-Every random choice comes from stateless ops seeded per element from `seed`, so one seed gives
+Every random choice comes from stateless ops seeded per image from `seed`, so one seed gives
 the same augmented images whatever the parallelism, and each epoch draws new ones.
 
-    flip -> rotation and zoom (one resampling) -> quarter mask -> splice: an image's right
+    each image, decoded at its own size: flip -> rotation and zoom (one resampling) and the
+    resize to the training size -> quarter mask; then each batch: splice, an image's right
     half replaced by the right half of another image of the same class in the batch (the
     label stays right by construction)
 
-Each step works on a whole batch at once, with a random draw per image: one op per batch
-instead of one per image is what makes tf.data fast here (bench/images.py).
+The rotation and zoom resample at the smaller of the image's and the training size: a
+28-pixel digit turns before it is enlarged to 96 pixels, a photo after it is shrunk, so the
+costly resampling touches as few pixels as it can (bench/images.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
+
+from kexue.data.images import resize
 
 PREVIEW_LABEL_WIDTH = 96  # pixels left of each preview row for its name
 
@@ -100,9 +104,8 @@ def _masked(images: tf.Tensor, quarters: tf.Tensor, chosen: tf.Tensor) -> tf.Ten
 
 def splice(images: tf.Tensor, partners: tf.Tensor) -> tf.Tensor:
     """Each image's right half replaced by that of images[partners[i]]."""
-    width = tf.shape(images)[2]
-    right = tf.range(width) >= width // 2
-    return tf.where(right[None, None, :, None], tf.gather(images, partners), images)
+    half = tf.shape(images)[2] // 2
+    return tf.concat([images[:, :, :half], tf.gather(images[:, :, half:], partners)], axis=2)
 
 
 def same_class_partners(labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -136,40 +139,66 @@ def random_strengths(size, seed: tf.Tensor, config: AugmentConfig) -> dict[str, 
     }
 
 
-def augment_batch(
-    images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, config: AugmentConfig
+def augment_image(
+    image: tf.Tensor, draw: dict[str, tf.Tensor], size: int, config: AugmentConfig
 ) -> tf.Tensor:
-    """Every augmentation of `config` on a float batch, each image drawn from `seed`."""
-    draw = random_strengths(tf.shape(labels)[0], seed, config)
-
-    images = tf.cast(images, tf.float32)
+    """One image (h, w, c) of any size -> float32 (size, size, c): flip, rotation and zoom,
+    resize, quarter mask, as `draw` (random_strengths of one image) says."""
+    batch = tf.cast(image, tf.float32)[None]
     if config.flip > 0:
-        images = tf.where(draw["flip"][:, None, None, None], flip(images), images)
+        batch = tf.cond(draw["flip"][0], lambda: flip(batch), lambda: batch)
     if config.rotation > 0 or tuple(config.zoom) != (1.0, 1.0):
-        images = rotate_zoom(images, draw["degrees"], draw["scales"], config.fill_mode)
+
+        def turn(pixels):
+            return rotate_zoom(pixels, draw["degrees"], draw["scales"], config.fill_mode)
+
+        smaller = tf.shape(batch)[1] * tf.shape(batch)[2] <= size * size
+        batch = tf.cond(
+            smaller,
+            lambda: resize(turn(batch), size),
+            lambda: turn(resize(batch, size)),
+        )
+    else:
+        batch = resize(batch, size)
     if config.mask > 0:
-        images = _masked(images, draw["quarters"], draw["mask"])
-    if config.splice > 0:
-        # An image that is not spliced is its own partner: one gather and select for all.
-        partners = same_class_partners(labels, draw["partner_seed"])
-        own = tf.range(tf.shape(labels)[0], dtype=partners.dtype)
-        images = splice(images, tf.where(draw["splice"], partners, own))
-    return images
+        batch = _masked(batch, draw["quarters"], draw["mask"])
+    return batch[0]
+
+
+def splice_chosen(
+    images: tf.Tensor, labels: tf.Tensor, chosen: tf.Tensor, seed: tf.Tensor
+) -> tf.Tensor:
+    """splice on the `chosen` images of a batch, each with a random same-class partner."""
+    # An image that is not spliced is its own partner: one gather for all.
+    partners = same_class_partners(labels, seed)
+    own = tf.range(tf.shape(labels)[0], dtype=partners.dtype)
+    return splice(images, tf.where(chosen, partners, own))
 
 
 def augmented_batches(
-    dataset: tf.data.Dataset, config: AugmentConfig, batch_size: int, seed: int
+    dataset: tf.data.Dataset, config: AugmentConfig, size: int, batch_size: int, seed: int
 ) -> tf.data.Dataset:
-    """(image, label) elements -> augmented (images, labels) batches, on the fly."""
-    # Stateless seeds, one pair per batch, new ones each epoch.
+    """(image of any size, label) elements -> augmented (images float32 (b, size, size, c),
+    labels) batches, on the fly."""
+    # Stateless seeds, one pair per image, new ones each epoch.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def one_batch(pair, batch_seed):
-        images, labels = pair
-        return augment_batch(images, labels, batch_seed, config), labels
+    def one_image(pair, image_seed):
+        image, label = pair
+        draw = random_strengths(1, image_seed, config)
+        augmented = augment_image(image, draw, size, config)
+        return augmented, label, draw["splice"][0], draw["partner_seed"]
 
-    return tf.data.Dataset.zip(dataset.batch(batch_size), seeds).map(
-        one_batch, num_parallel_calls=tf.data.AUTOTUNE
+    def one_batch(batch, labels, chosen, partner_seeds):
+        if config.splice > 0:  # the batch's partners drawn with its first image's seed
+            batch = splice_chosen(batch, labels, chosen, partner_seeds[0])
+        return batch, labels
+
+    return (
+        tf.data.Dataset.zip(dataset, seeds)
+        .map(one_image, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .map(one_batch, num_parallel_calls=tf.data.AUTOTUNE)
     )
 
 
@@ -195,9 +224,16 @@ def preview_rows(
         ),
         "splice": splice(batch, same_class_partners(classes, draw["partner_seed"])),
         "mask": quarter_mask(batch, draw["quarters"]),
-        "as trained": augment_batch(batch, classes, seed + 1, config),
+        "as trained": as_trained(images, labels, config),
     }
     return [(name, np.asarray(row)) for name, row in rows.items()]
+
+
+def as_trained(images: np.ndarray, labels: np.ndarray, config: AugmentConfig) -> tf.Tensor:
+    """The images as the training pipeline draws them (one batch, the first epoch)."""
+    pairs = tf.data.Dataset.from_tensor_slices((images, labels))
+    batches = augmented_batches(pairs, config, images.shape[1], len(images), config.seed + 1)
+    return next(iter(batches))[0]
 
 
 def preview_png(rows: list[tuple[str, np.ndarray]]) -> bytes:

@@ -249,19 +249,25 @@ def with_targets(inputs: dict, labels):
 def training_batches(
     config: Config, paths: list[str], labels: np.ndarray, seed: int, batch: int
 ) -> tf.data.Dataset:
-    decoded = images.decoded_images(paths, labels, config.model.image_size)
-    if config.train.cache_decoded:
-        decoded = decoded.cache()
-    shuffled = decoded.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    files = images.image_files(paths, labels)
+
+    def shuffled(dataset):
+        return dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+
+    if config.train.cache_decoded:  # decode once, at the images' own size
+        originals = shuffled(images.decoded_images(files).cache())
+    else:  # shuffle file names: a buffer of every decoded photo would not fit in memory
+        originals = images.decoded_images(shuffled(files))
     return (
-        augmented_batches(shuffled, config.augment, batch, seed)
+        augmented_batches(originals, config.augment, config.model.image_size, batch, seed)
         .map(lambda x, y: with_targets({"image": x}, tf.cast(y, tf.int32)))
         .prefetch(tf.data.AUTOTUNE)
     )
 
 
 def plain_batches(paths: list[str], labels: np.ndarray, size: int, batch: int):
-    return images.decoded_images(paths, labels, size).batch(batch).prefetch(tf.data.AUTOTUNE)
+    decoded = images.decoded_images(images.image_files(paths, labels), size)
+    return decoded.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -460,13 +466,11 @@ class ImagePyfunc(mlflow.pyfunc.PythonModel):
                 f"the limit is {self.settings['max_pixels']} pixels"
             )
         try:
-            decoded = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            return images.decode_resize(encoded, self.settings["image_size"]).numpy()
         except tf.errors.InvalidArgumentError:
             raise serving.bad_request(
                 f"row {row}: 'image' is not a readable PNG or JPEG image"
             ) from None
-        size = self.settings["image_size"]
-        return tf.image.resize(tf.cast(decoded, tf.float32), (size, size), antialias=True).numpy()
 
 
 def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
