@@ -41,6 +41,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 
 
+def write_confusion(path: str | os.PathLike, actual: list[str], predicted: list[str]) -> None:
+    """One {actual, predicted} row per example: the data of DVC's `confusion` template."""
+    rows = [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)]
+    write_json(path, rows)
+
+
 def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
     write_text(path, "".join(line + "\n" for line in lines))
 

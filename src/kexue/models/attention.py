@@ -285,15 +285,6 @@ def accuracy(classifier: Classifier, reviews: list[Review]) -> tuple[float, np.n
     return float(np.mean(predicted == actual)), predicted
 
 
-def confusion_rows(reviews: list[Review], predicted: np.ndarray) -> list[dict]:
-    """One row per review, for DVC's confusion-matrix template."""
-    names = {v: k for k, v in LABELS.items()}
-    return [
-        {"actual": names[r.label], "predicted": names[int(p)]}
-        for r, p in zip(reviews, predicted, strict=True)
-    ]
-
-
 def evaluate(
     config: Config,
     data_dir: Path,
@@ -310,7 +301,12 @@ def evaluate(
     batch = config.serve.batch_size
     model = Classifier.load(model_dir / MODEL_FILE, vocab_file, config.data.max_words, batch)
     acc, predicted = accuracy(model, test)
-    io.write_json(plots_dir / "confusion.json", confusion_rows(test, predicted))
+    names = {v: k for k, v in LABELS.items()}
+    io.write_confusion(
+        plots_dir / "confusion.json",
+        [names[r.label] for r in test],
+        [names[int(p)] for p in predicted],
+    )
     metrics = {"acc": acc}
     for kind, key in (("no_position", "acc_no_pos"), ("bag_of_embeddings", "acc_bow")):
         baseline = fit_classifier(

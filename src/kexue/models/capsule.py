@@ -285,8 +285,13 @@ def evaluate(config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Pat
     stacked, side = (two_digit_images(pair_x, layout) for layout in ("stacked", "side"))
     metrics, rows = {}, []
     for name, model in (("", capsule), ("cnn_", cnn)):
-        stacked_scores = scores(model, stacked, batch)
-        metrics[f"{name}acc"] = accuracy(scores(model, test_x, batch), test_y)
+        stacked_scores, digit_scores = scores(model, stacked, batch), scores(model, test_x, batch)
+        metrics[f"{name}acc"] = accuracy(digit_scores, test_y)
+        if model is capsule:
+            predicted = np.argmax(digit_scores, axis=1)
+            io.write_confusion(
+                plots_dir / "confusion.json", [str(d) for d in test_y], [str(d) for d in predicted]
+            )
         metrics[f"{name}pair_acc"] = pair_accuracy(stacked_scores, pair_y)
         metrics[f"{name}pair_sure_acc"] = pair_accuracy(stacked_scores, pair_y, SURE)
         metrics[f"{name}pair_side_acc"] = pair_accuracy(scores(model, side, batch), pair_y)

@@ -405,12 +405,10 @@ def evaluate(config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Pat
         metrics[f"{prefix}top{config.evaluate.top_k}"] = top_k_accuracy(probabilities, labels, k)
         if not prefix:
             predicted = np.argmax(probabilities, axis=1)
-            io.write_json(
+            io.write_confusion(
                 plots_dir / "confusion.json",
-                [
-                    {"actual": classes[a], "predicted": classes[p]}
-                    for a, p in zip(labels, predicted, strict=True)
-                ],
+                [classes[a] for a in labels],
+                [classes[p] for p in predicted],
             )
     metrics.update(test_images=len(labels), classes=len(classes))
     return metrics
