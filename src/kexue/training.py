@@ -54,7 +54,12 @@ def make_strategy(name: str, gpus: list) -> tf.distribute.Strategy:
         if "TF_CONFIG" not in os.environ:
             raise ParamsError("params.yaml: runtime.strategy: multi_worker needs TF_CONFIG set")
         _fix_keras_for_workers()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # NCCL all-reduces between GPUs; between CPU-only machines, the ring over gRPC.
+        implementation = tf.distribute.experimental.CommunicationImplementation
+        communication = tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation.NCCL if gpus else implementation.RING
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     if name == "auto" and gpus:
