@@ -174,9 +174,16 @@ def test_a_worker_writes_its_outputs_to_scratch_and_backs_up_apart(tmp_path, mon
         assert chief_paths == (runtime, model_dir, curves)
 
 
-def test_a_malformed_tf_config_is_one_line_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", "{cluster: }")
-    with pytest.raises(ParamsError, match="^TF_CONFIG: expected a JSON object"):
+@pytest.mark.parametrize(
+    ("tf_config_text", "message"),
+    [
+        ("{cluster: }", "expected a JSON object"),
+        ('{"cluster": {"worker": ["a:1"]}}', 'expected "task"'),
+    ],
+)
+def test_a_bad_tf_config_is_one_line_naming_it(tmp_path, monkeypatch, tf_config_text, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config_text)
+    with pytest.raises(ParamsError, match=f"^TF_CONFIG: {message}"):
         training.is_chief(multi_worker(tmp_path))
 
 

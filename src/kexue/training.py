@@ -69,7 +69,7 @@ def make_strategy(name: str, gpus: list) -> tf.distribute.Strategy:
 
 def _fix_keras_for_workers() -> None:
     """Two fixes Keras 3 (3.15) needs to fit a model under MultiWorkerMirroredStrategy
-    (keras-team/keras#20585), both in code that runs on a multi-worker job only.
+    (keras-team/keras#20585); nothing changes under any other strategy.
 
     - Before fitting it builds the model from a first batch averaged over the workers, which
       fails on an (inputs, targets) pair, and could not work for batches of other lengths
@@ -86,7 +86,8 @@ def _fix_keras_for_workers() -> None:
     keras_reduce = trainer.reduce_per_replica
 
     def build(model, iterator=None, data_batch=None):
-        if iterator is not None and on_workers(model.distribute_strategy):
+        strategy = model.distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             iterator, data_batch = None, iterator.data_adapter.get_tf_dataset().element_spec
         return keras_build(model, iterator=iterator, data_batch=data_batch)
 
@@ -115,18 +116,22 @@ def worker_count(runtime: RuntimeConfig) -> int:
     return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
 
 
+def _task() -> tuple[str, int]:
+    """This machine's (type, index) in TF_CONFIG."""
+    task = _tf_config().get("task")
+    if not isinstance(task, dict) or not {"type", "index"} <= set(task):
+        raise ParamsError('TF_CONFIG: expected "task": {"type": "worker", "index": <this machine>}')
+    return task["type"], task["index"]
+
+
 def is_chief(runtime: RuntimeConfig) -> bool:
     """True except on the non-chief workers of a multi-worker job (worker 0 is the chief of
     a cluster without a `chief` task)."""
     if runtime.strategy != "multi_worker":
         return True
-    config = _tf_config()
-    task = config.get("task", {})
-    return task.get("type") == "chief" or (
-        task.get("type") == "worker"
-        and task.get("index", 0) == 0
-        and "chief" not in config.get("cluster", {})
-    )
+    task_type, index = _task()
+    has_chief = "chief" in _tf_config().get("cluster", {})
+    return task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
 
 
 @contextlib.contextmanager
@@ -143,8 +148,7 @@ def worker_outputs(
     if is_chief(runtime):
         yield runtime, model_dir, curves
         return
-    task = _tf_config()["task"]
-    backup_dir = f"{runtime.backup_dir}-{task['type']}{task['index']}"
+    backup_dir = "{}-{}{}".format(runtime.backup_dir, *_task())
     with tempfile.TemporaryDirectory(prefix="kexue-worker-") as scratch:
         yield (
             dataclasses.replace(runtime, backup_dir=backup_dir),
