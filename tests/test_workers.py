@@ -7,13 +7,17 @@ Dropout is off so that both runs compute the same function: the workers' dropout
 drawn per replica, not like one process's over the whole batch.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
 import shlex
 import sqlite3
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,6 +33,7 @@ WORKERS = 2
 PER_REPLICA_BATCH = 16  # params' batch_size is per replica: the job's global batch is 32
 JOB_TIMEOUT_SECONDS = 300
 POLL_SECONDS = 0.2
+RESUMED_EPOCHS = 4
 # The job takes a single process's steps: each worker computes its half of every global
 # batch and the gradients are averaged. Measured here, the two final losses differ by 1e-7
 # (float sums in another order); one process with the per-replica batch (16) ends 12% away.
@@ -101,6 +106,35 @@ def single_process(tmp_path_factory):
     return repo, final_loss(repo), seconds
 
 
+@contextlib.contextmanager
+def two_worker_job(repo, logs: Path) -> Iterator[list[subprocess.Popen]]:
+    """The chief (`dvc repro train_crf`) and worker 1 (the stage's own command) of one job,
+    each in its own process group, killed at exit."""
+    ports = [free_port() for _ in range(WORKERS)]
+    commands = [["dvc", "repro", "train_crf"], train_command(repo)]
+    logs.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                process_group(command, logs / f"worker{index}.log", job_env(ports, index), cwd=repo)
+            )
+            for index, command in enumerate(commands)
+        ]
+
+
+def job_env(ports: list[int], index: int) -> dict:
+    return {**ENV, "TF_CONFIG": tf_config(ports, index)}
+
+
+def finish(repo, logs: Path) -> list[str]:
+    """Run a two-worker job to its end; the tails of its logs."""
+    with two_worker_job(repo, logs) as processes:
+        codes = wait_for_all(processes, JOB_TIMEOUT_SECONDS)
+    tails = [(logs / f"worker{index}.log").read_text()[-3000:] for index in range(WORKERS)]
+    assert codes == [0] * WORKERS, tails
+    return tails
+
+
 @pytest.mark.slow
 def test_two_workers_train_like_one_process_with_their_global_batch(single_process, tmp_path):
     repo, single_loss, single_seconds = single_process
@@ -108,26 +142,15 @@ def test_two_workers_train_like_one_process_with_their_global_batch(single_proce
         repo,
         {"runtime.strategy": "multi_worker", "crf.train.batch_size": PER_REPLICA_BATCH},
     )
-    ports = [free_port() for _ in range(WORKERS)]
-    chief_env = {**ENV, "TF_CONFIG": tf_config(ports, 0)}
-    worker_env = {**ENV, "TF_CONFIG": tf_config(ports, 1)}
     start = time.monotonic()
-    with (
-        process_group(
-            ["dvc", "repro", "train_crf"], tmp_path / "chief.log", chief_env, repo
-        ) as chief,
-        process_group(train_command(repo), tmp_path / "worker.log", worker_env, repo) as worker,
-    ):
-        codes = wait_for_all([chief, worker], JOB_TIMEOUT_SECONDS)
+    chief_log, _ = finish(repo, tmp_path)
     job_seconds = time.monotonic() - start
-    logs = {name: (tmp_path / f"{name}.log").read_text()[-3000:] for name in ("chief", "worker")}
-    assert codes == [0, 0], logs
     print(
         f"\ncrf, 3 epochs, global batch {WORKERS * PER_REPLICA_BATCH}: one process "
         f"{single_seconds:.1f} s, {WORKERS} workers {job_seconds:.1f} s (wall time)"
     )
 
-    assert stages_run(logs["chief"]) == ["train_crf"]
+    assert stages_run(chief_log) == ["train_crf"]
     segmenter = crf.Segmenter.load(
         repo / "models" / "crf" / crf.MODEL_FILE, repo / "data" / "vocab" / "crf.json", 4
     )
@@ -136,6 +159,44 @@ def test_two_workers_train_like_one_process_with_their_global_batch(single_proce
 
     # One run per job, the chief's, knowing the job's size; no backup folder left behind.
     assert workers_of_runs(repo) == [("train_crf", "1"), ("train_crf", str(WORKERS))]
+    assert not list((repo / ".kexue" / "backup").glob("crf-*"))
+
+
+def backed_up_epochs(repo) -> dict[str, list[str]]:
+    """Each backup folder's name and the curve rows it holds."""
+    return {
+        path.parent.name: path.read_text().splitlines()[1:]
+        for path in (repo / ".kexue" / "backup").glob("crf-*/curves.csv")
+    }
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_on_every_worker_from_its_last_epoch(single_process, tmp_path):
+    """Each worker backs up to a folder of its own (Keras 3's BackupAndRestore knows nothing of
+    workers); killed after an epoch and started again, both resume from it."""
+    repo = single_process[0]
+    set_params(
+        repo,
+        {
+            "runtime.strategy": "multi_worker",
+            "crf.train.batch_size": PER_REPLICA_BATCH,
+            "crf.train.epochs": RESUMED_EPOCHS,
+        },
+    )
+    with two_worker_job(repo, tmp_path / "killed") as processes:
+        while len(backups := backed_up_epochs(repo)) < WORKERS or not all(backups.values()):
+            assert None in [process.poll() for process in processes], "ended before the kill"
+            time.sleep(POLL_SECONDS)
+    chief_backup, worker_backup = sorted(backups)
+    assert worker_backup == f"{chief_backup}-worker1"
+    kept = backed_up_epochs(repo)
+    assert kept[chief_backup] == kept[worker_backup]  # both ended the same epochs
+    assert not (repo / "models" / "crf" / crf.MODEL_FILE).exists()
+
+    finish(repo, tmp_path)
+    rows = (repo / "plots" / "crf" / "train.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(1, RESUMED_EPOCHS + 1))
+    assert rows[: len(kept[chief_backup])] == kept[chief_backup]  # restored, not retrained
     assert not list((repo / ".kexue" / "backup").glob("crf-*"))
 
 
