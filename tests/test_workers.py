@@ -1,7 +1,8 @@
 """Two training workers on 127.0.0.1 train the crf stage as one MultiWorkerMirroredStrategy
 job: the chief through `dvc repro train_crf`, the other worker through the stage's own
 command. Both finish; only the chief writes the model, the curves and one MLflow run; its
-loss is a single process's with the same global batch.
+loss is a single process's with the same global batch. Killed after an epoch, the job
+resumes on both workers. The job's TF_CONFIG helpers are checked without training.
 
 Dropout is off so that both runs compute the same function: the workers' dropout masks are
 drawn per replica, not like one process's over the whole batch.
