@@ -2,7 +2,7 @@
 
 import inspect
 
-from kexue import io, params, tracking
+from kexue import io, params, tracking, training
 
 from _common import model_config, resumable, run, runtime_config, stage_args
 
@@ -15,7 +15,7 @@ def main() -> None:
     extra = {}
     # A model that trains a baseline while evaluating takes the runtime (seed, devices).
     if "runtime" in inspect.signature(module.evaluate).parameters:
-        logged["runtime"] = runtime_config(all_params)
+        logged["runtime"] = training.on_one_machine(runtime_config(all_params))
         extra["runtime"] = resumable(
             logged["runtime"], f"{args.model}-evaluate", data_hash, params.flatten(logged)
         )

@@ -1,6 +1,11 @@
-"""DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags."""
+"""DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags.
 
-from kexue import io, params, tracking
+In a multi-worker job every worker runs this; only the chief writes the outputs and logs.
+"""
+
+import contextlib
+
+from kexue import io, params, tracking, training
 
 from _common import model_config, resumable, run, runtime_config, stage_args
 
@@ -10,14 +15,26 @@ def main() -> None:
     all_params, module, config = model_config(args.model)
     runtime = runtime_config(all_params)
     logged = params.flatten(
-        {"profile": all_params.get("profile"), "runtime": runtime, args.model: config}
+        {
+            "profile": all_params.get("profile"),
+            "runtime": runtime,
+            "workers": training.worker_count(runtime),
+            args.model: config,
+        }
     )
     data_hash = io.hash_paths([args.data, args.vocab])
     runtime = resumable(runtime, args.model, data_hash, logged)
-    with tracking.stage_run(args.model, "train", logged, data_hash):
-        summary = module.train(config, runtime, args.data, args.vocab, args.model_dir, args.curves)
+    outputs = training.worker_outputs(runtime, args.model_dir, args.curves)
+    # One MLflow run per job: the chief's (a worker's metrics go nowhere without a run).
+    chief_run = (
+        tracking.stage_run(args.model, "train", logged, data_hash)
+        if training.is_chief(runtime)
+        else contextlib.nullcontext()
+    )
+    with outputs as (runtime, model_dir, curves), chief_run:
+        summary = module.train(config, runtime, args.data, args.vocab, model_dir, curves)
         tracking.log_metrics(summary)
-        tracking.log_artifact(args.curves, "plots")
+        tracking.log_artifact(curves, "plots")
 
 
 if __name__ == "__main__":

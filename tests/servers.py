@@ -29,10 +29,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(
-    command: list[str], ready_url: str, log: Path, timeout: float = 120.0, env: dict | None = None
+def process_group(
+    command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen]:
-    """Run `command` in a new session until `ready_url` answers 200; kill its group after."""
+    """Run `command` in a new session, its output to `log`; kill its whole group after."""
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             command,
@@ -40,9 +40,9 @@ def serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=tool_env(env),
+            cwd=cwd,
         )
         try:
-            _wait_until_ready(process, ready_url, log, timeout)
             yield process
         finally:
             # mlflow spawns workers that outlive their parent: end the whole group.
@@ -53,6 +53,16 @@ def serve(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextlib.contextmanager
+def serve(
+    command: list[str], ready_url: str, log: Path, timeout: float = 120.0, env: dict | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run `command` in a new session until `ready_url` answers 200; kill its group after."""
+    with process_group(command, log, env) as process:
+        _wait_until_ready(process, ready_url, log, timeout)
+        yield process
 
 
 def _wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float) -> None:

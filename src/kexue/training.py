@@ -7,15 +7,17 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
+import dataclasses
 import io as stdio
 import json
 import math
 import os
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +28,7 @@ from kexue import io, tracking
 from kexue.errors import ParamsError
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     seed: int
     strategy: Literal["auto", "cpu", "mirrored", "multi_worker"]
@@ -51,7 +53,13 @@ def make_strategy(name: str, gpus: list) -> tf.distribute.Strategy:
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ParamsError("params.yaml: runtime.strategy: multi_worker needs TF_CONFIG set")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _fix_keras_for_workers()
+        # NCCL all-reduces between GPUs; between CPU-only machines, the ring over gRPC.
+        implementation = tf.distribute.experimental.CommunicationImplementation
+        communication = tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation.NCCL if gpus else implementation.RING
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     if name == "auto" and gpus:
@@ -59,15 +67,102 @@ def make_strategy(name: str, gpus: list) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()  # the default: the CPU here
 
 
-def is_chief() -> bool:
-    """True except on non-chief workers of a multi-worker job (they must not write outputs)."""
-    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = config.get("task", {})
-    return task.get("type", "chief") == "chief" or (
-        task.get("type") == "worker"
-        and task.get("index", 0) == 0
-        and "chief" not in config.get("cluster", {})
-    )
+def _fix_keras_for_workers() -> None:
+    """Two fixes Keras 3 (3.15) needs to fit a model under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585); nothing changes under any other strategy.
+
+    - Before fitting it builds the model from a first batch averaged over the workers, which
+      fails on an (inputs, targets) pair, and could not work for batches of other lengths
+      on each worker: shapes and dtypes, all the build needs, come from the dataset instead.
+    - It averages each step's logs with `strategy.reduce("MEAN", value, axis=0)`, which
+      fails on the scalar loss and metrics: they are averaged as scalars instead.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "kexue_fixed", False):
+        return
+    on_workers = trainer._collective_all_reduce_multi_worker
+    keras_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    keras_reduce = trainer.reduce_per_replica
+
+    def build(model, iterator=None, data_batch=None):
+        strategy = model.distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            iterator, data_batch = None, iterator.data_adapter.get_tf_dataset().element_spec
+        return keras_build(model, iterator=iterator, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction == "auto" and on_workers(strategy):
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = build
+    trainer.reduce_per_replica = reduce_per_replica
+    trainer.kexue_fixed = True
+
+
+def _tf_config() -> dict:
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as err:
+        raise ParamsError(f"TF_CONFIG: expected a JSON object ({err})") from None
+
+
+def worker_count(runtime: RuntimeConfig) -> int:
+    """Machines in the job: the chief and workers TF_CONFIG lists under `multi_worker`, else 1."""
+    if runtime.strategy != "multi_worker":
+        return 1
+    cluster = _tf_config().get("cluster", {})
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def _task() -> tuple[str, int]:
+    """This machine's (type, index) in TF_CONFIG."""
+    task = _tf_config().get("task")
+    if not isinstance(task, dict) or not {"type", "index"} <= set(task):
+        raise ParamsError('TF_CONFIG: expected "task": {"type": "worker", "index": <this machine>}')
+    return task["type"], task["index"]
+
+
+def is_chief(runtime: RuntimeConfig) -> bool:
+    """True except on the non-chief workers of a multi-worker job (worker 0 is the chief of
+    a cluster without a `chief` task)."""
+    if runtime.strategy != "multi_worker":
+        return True
+    task_type, index = _task()
+    has_chief = "chief" in _tf_config().get("cluster", {})
+    return task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+
+
+@contextlib.contextmanager
+def worker_outputs(
+    runtime: RuntimeConfig, model_dir: Path, curves: Path
+) -> Iterator[tuple[RuntimeConfig, Path, Path]]:
+    """(runtime, model folder, curves file) for this worker of the job; the chief's are as given.
+
+    Any other worker runs the very same training and saving (their collective ops need every
+    worker) but writes the model and curves to a scratch folder, deleted after, and backs up
+    to a folder of its own beside the chief's: Keras 3's BackupAndRestore knows nothing of
+    workers, and each deletes its folder when training ends.
+    """
+    if is_chief(runtime):
+        yield runtime, model_dir, curves
+        return
+    backup_dir = "{}-{}{}".format(runtime.backup_dir, *_task())
+    with tempfile.TemporaryDirectory(prefix="kexue-worker-") as scratch:
+        yield (
+            dataclasses.replace(runtime, backup_dir=backup_dir),
+            Path(scratch) / model_dir.name,
+            Path(scratch) / curves.name,
+        )
+
+
+def on_one_machine(runtime: RuntimeConfig) -> RuntimeConfig:
+    """`runtime` for a stage other than train: a multi-worker job trains the model, then the
+    chief alone evaluates it, training any baseline on its own devices."""
+    if runtime.strategy != "multi_worker":
+        return runtime
+    return dataclasses.replace(runtime, strategy="auto")
 
 
 class EpochCurves(keras.callbacks.Callback):
@@ -129,10 +224,9 @@ def cosine_adam(learning_rate: float, total_steps: int) -> keras.optimizers.Opti
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save atomically, from the chief only (other workers of a multi-worker job must not)."""
-    if is_chief():
-        with io.atomic_path(path) as tmp:
-            model.save(tmp)
+    """Save atomically (a non-chief worker's `path` is in its scratch folder: worker_outputs)."""
+    with io.atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def bucket_batches(
@@ -160,6 +254,19 @@ def bucket_batches(
     return dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
+def sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` split between the workers of a multi-worker job by its elements (DATA).
+
+    Every pipeline here starts from tensors in memory (from_tensor_slices), which FILE
+    sharding cannot split (AUTO would warn, then fall back to DATA): each worker builds the
+    same seeded pipeline and keeps its own slice of every global batch, so the job takes the
+    very steps a single process would with that global batch.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def fit(
     model: keras.Model,
     train_data,
@@ -178,8 +285,8 @@ def fit(
         *extra_callbacks,
     ]
     return model.fit(
-        train_data,
-        validation_data=validation_data,
+        sharded(train_data),
+        validation_data=None if validation_data is None else sharded(validation_data),
         epochs=epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles, seeded

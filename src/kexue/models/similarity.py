@@ -220,7 +220,7 @@ def fit_classifier(
     backup_dir: Path,
 ) -> keras.Model:
     """Train encoder + head on the members' groups; per-epoch loss/accuracy to curves_file."""
-    batch = config.train.batch_size * strategy.num_replicas_in_sync
+    batch = training.global_batch_size(config.train.batch_size, strategy)
     examples = tf.data.Dataset.from_tensor_slices(
         (char_ids([m.text for m in members], vocab), class_ids(members))
     )
@@ -262,12 +262,10 @@ def train(
         curves_file,
         Path(runtime.backup_dir),
     )
-    if training.is_chief():
-        with io.atomic_path(model_dir / MODEL_FILE) as tmp:
-            model.save(tmp)
-        # The known phrases ship with the model: the pyfunc ranks them for bare queries.
-        with io.atomic_path(model_dir / PHRASES_FILE) as tmp:
-            shutil.copyfile(data_dir / PHRASES_FILE, tmp)
+    training.save_model(model, model_dir / MODEL_FILE)
+    # The known phrases ship with the model: the pyfunc ranks them for bare queries.
+    with io.atomic_path(model_dir / PHRASES_FILE) as tmp:
+        shutil.copyfile(data_dir / PHRASES_FILE, tmp)
     return {
         "train_members": len(members),
         "groups": len({m.group for m in members}),
