@@ -1,12 +1,15 @@
 """MLflow for real: a SQLite store, runs with tags, registry aliases, a pyfunc loaded back."""
 
+import keras
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from conftest import export_crf
 from servers import free_port
 
-from kexue import tracking
+from kexue import tracking, training
 
 
 def test_champion_moves_only_to_a_version_at_least_as_good(trained_crf, mlflow_store, tmp_path):
@@ -34,6 +37,20 @@ def test_runs_log_params_and_per_epoch_metrics(mlflow_store):
     assert client.get_run(run.info.run_id).data.params["crf.train.epochs"] == "2"
     experiment = client.get_experiment_by_name("kexue-crf")
     assert experiment.artifact_location.endswith("mlartifacts/kexue-crf")
+
+
+def test_a_later_training_phase_continues_the_runs_curve(mlflow_store, tmp_path):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = (np.ones((4, 1)), np.ones((4, 1)))
+    with tracking.stage_run("dogs", "train", {}, data_hash="h") as run:
+        for phase, (epochs, before) in enumerate([(2, 0), (3, 2)]):
+            curves, backup = tmp_path / f"{phase}.csv", tmp_path / f"backup{phase}"
+            dataset = tf.data.Dataset.from_tensor_slices(data).batch(2)
+            training.fit(model, dataset, None, epochs, curves, backup, epochs_before=before)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert (tmp_path / "1.csv").read_text().splitlines()[-1].startswith("3,")  # own epochs
 
 
 def test_artifacts_stay_beside_a_sqlite_store_anywhere(tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ EVALUATION_TEMPLATES = {"confusion", "bar_horizontal", "scatter", "linear"}
 
 def declared_plots() -> dict[str, dict]:
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
-    return {name: spec for entry in plots if isinstance(entry, dict) for name, spec in entry.items()}
+    named = [entry for entry in plots if isinstance(entry, dict)]  # not a bare image path
+    return {name: spec for entry in named for name, spec in entry.items()}
 
 
 def dvc_json(*command: str) -> dict:

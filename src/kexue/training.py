@@ -170,12 +170,14 @@ class EpochCurves(keras.callbacks.Callback):
 
     A copy in the backup folder outlives an interrupted run (DVC deletes a stage's outputs
     before rerunning it), so a resumed training still writes the curve from epoch 1.
+    MLflow steps start after `epochs_before`: the later phases of one run continue its curve.
     """
 
-    def __init__(self, path: str | Path, backup_dir: str | Path):
+    def __init__(self, path: str | Path, backup_dir: str | Path, epochs_before: int = 0):
         super().__init__()
         self.path = Path(path)
         self.backup = Path(backup_dir) / "curves.csv"
+        self.epochs_before = epochs_before
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
@@ -186,12 +188,12 @@ class EpochCurves(keras.callbacks.Callback):
                 rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
             self.rows = [{**row, "epoch": int(row["epoch"])} for row in rows[:resumed_at]]
             for row in self.rows:  # this run is a new MLflow run: it gets the whole curve
-                tracking.log_metrics(_without_epoch(row), step=row["epoch"])
+                tracking.log_metrics(_without_epoch(row), step=self.epochs_before + row["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
-        tracking.log_metrics(_without_epoch(row), step=epoch + 1)
+        tracking.log_metrics(_without_epoch(row), step=self.epochs_before + epoch + 1)
         buffer = stdio.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(row))
         writer.writeheader()
@@ -275,13 +277,15 @@ def fit(
     curves_path: Path,
     backup_dir: Path,
     extra_callbacks: list[keras.callbacks.Callback] = (),
+    epochs_before: int = 0,
 ) -> keras.callbacks.History:
     """model.fit with curves, resume after an interruption, and quiet logs off a terminal;
-    `extra_callbacks` are a model's own (a schedule of a loss weight)."""
+    `extra_callbacks` are a model's own (a schedule of a loss weight); `epochs_before`, the
+    epochs of the run's earlier phases."""
     callbacks = [
         # Restores the last finished epoch after a crash; removed when training completes.
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
-        EpochCurves(curves_path, backup_dir),
+        EpochCurves(curves_path, backup_dir, epochs_before),
         *extra_callbacks,
     ]
     return model.fit(

@@ -273,11 +273,12 @@ def plain_batches(paths: list[str], labels: np.ndarray, size: int, batch: int):
 # -- training ----------------------------------------------------------------------------------
 
 
-def fit_phase(model, dataset, epochs: int, backup: Path) -> list[dict]:
-    """One phase through training.fit (curves, resume); returns its per-epoch rows."""
+def fit_phase(model, dataset, epochs: int, backup: Path, epochs_before: int = 0) -> list[dict]:
+    """One phase through training.fit (curves, resume); returns its per-epoch rows. Its
+    MLflow steps follow the `epochs_before` of the earlier phases."""
     with tempfile.TemporaryDirectory(prefix="kexue-phase-") as folder:
         curves = Path(folder) / "phase.csv"
-        training.fit(model, dataset, None, epochs, curves, backup)
+        training.fit(model, dataset, None, epochs, curves, backup, epochs_before=epochs_before)
         with curves.open(encoding="utf-8", newline="") as file:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
 
@@ -343,7 +344,9 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
                 config.train.center_weight,
                 phase.epochs * math.ceil(len(paths) / batch),
             )
-        phases.append((name, fit_phase(network.trainer, images_data, phase.epochs, backup / name)))
+        epochs_before = sum(len(rows) for _, rows in phases)
+        rows = fit_phase(network.trainer, images_data, phase.epochs, backup / name, epochs_before)
+        phases.append((name, rows))
     write_curves(curves_file, phases)
     training.save_model(network.classifier, model_dir / MODEL_FILE)
     io.write_json(model_dir / CLASSES_FILE, classes)
