@@ -89,16 +89,11 @@ def sampling_affine(cos, sin, center_x, center_y) -> list:
 def quarter_mask(images: tf.Tensor, quarters: tf.Tensor) -> tf.Tensor:
     """Zero one quarter of each image, by its `quarters` (b,): 0 top left, 1 top right,
     2 bottom left, 3 bottom right."""
-    return _masked(images, quarters, tf.ones_like(quarters, dtype=tf.bool))
-
-
-def _masked(images: tf.Tensor, quarters: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
-    """quarter_mask on the `chosen` images only, as one multiplication."""
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     rows = tf.range(height)[None, :, None] < height // 2
     cols = tf.range(width)[None, None, :] < width // 2
     top, left = (quarters < 2)[:, None, None], (quarters % 2 == 0)[:, None, None]
-    hidden = tf.equal(rows, top) & tf.equal(cols, left) & chosen[:, None, None]
+    hidden = tf.equal(rows, top) & tf.equal(cols, left)
     return images * tf.cast(~hidden, images.dtype)[..., None]
 
 
@@ -161,7 +156,8 @@ def augment_image(
     else:
         batch = resize(batch, size)
     if config.mask > 0:
-        batch = _masked(batch, draw["quarters"], draw["mask"])
+        masked = draw["mask"][0]  # most images are not: skip the multiplication for them
+        batch = tf.cond(masked, lambda: quarter_mask(batch, draw["quarters"]), lambda: batch)
     return batch[0]
 
 
