@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def by_name(runs: dict[str, dict]) -> dict[str, dict]:
 
 
 def test_repro_logs_runs_metrics_artifacts_and_champion_to_the_server(server, repo):
-    result = run(repo, "dvc", "repro", "export_crf", env={"MLFLOW_TRACKING_URI": server.url})
+    uses_server = {"MLFLOW_TRACKING_URI": server.url}
+    result = run(repo, "dvc", "repro", "export_crf", env=uses_server)
     assert stages_run(result.stdout) == CRF_BRANCH
 
     runs = by_name(server.runs())
@@ -109,6 +111,11 @@ def test_repro_logs_runs_metrics_artifacts_and_champion_to_the_server(server, re
     mlmodel = server.download(f"{files['artifact_uri']}/MLmodel").decode()
     assert "python_function" in mlmodel
     assert list(server.artifacts.rglob("MLmodel"))  # written by the server, not by the client
+
+    # A user elsewhere: the champion, downloaded through the server, segments a text.
+    text = "我们喜欢北京公园。"
+    segmented = run(repo, sys.executable, "-m", "kexue.cli", "segment", text, env=uses_server)
+    assert "".join(segmented.stdout.split()) == text
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "built through the tracking server")
 

@@ -53,7 +53,7 @@ def connect() -> Any:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         mlflow.search_experiments(max_results=1)
-    except mlflow.exceptions.MlflowException as err:
+    except Exception as err:  # any transport or store failure means the same to the user
         raise TrackingError(
             f"MLflow tracking store {_redact(uri)} is not reachable: {_reason(uri, err)}"
         ) from None
