@@ -37,8 +37,12 @@ TINY_CRF = {
 }
 
 
-def run(cwd: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=ENV)
+def run(
+    cwd: Path, *command: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env={**ENV, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -66,6 +70,7 @@ def mlflow_runs(repo: Path) -> list[tuple[str, str]]:
 
 def make_project(repo: Path, params: dict, corpus_lines: int = 200) -> Path:
     """Copy the pipeline and package into `repo`, commit it with a tiny `dvc add`-ed corpus."""
+    repo.mkdir(parents=True, exist_ok=True)
     for name in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]:
         shutil.copy(REPO / name, repo / name)
     for folder in ["stages", "src"]:

@@ -3,13 +3,12 @@ by headless Chromium. Set KEXUE_UI_SCREENSHOT=docs/mlflow-ui.png to keep the scr
 
 import os
 import shutil
-import sys
 
 import pytest
 from browser import WINDOW, page_text, screenshot
 from conftest import REPO, export_crf
 from PIL import Image
-from servers import free_port, serve
+from servers import mlflow_server
 
 from kexue import tracking
 
@@ -24,11 +23,7 @@ def ui(trained_crf, mlflow_store, tmp_path):
             tracking.log_metrics({"loss": loss}, step=epoch)
     export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
     experiment_id = tracking.connect().get_experiment_by_name("kexue-crf").experiment_id
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    url = f"http://127.0.0.1:{port}"
-    with serve(command, f"{url}/health", tmp_path / "server.log"):
+    with mlflow_server(mlflow_store, tmp_path / "server.log") as url:
         yield url, experiment_id
 
 

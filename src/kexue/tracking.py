@@ -17,6 +17,9 @@ from typing import Any
 from kexue.errors import TrackingError
 
 CHAMPION = "champion"
+# How the store says a registered model (RESOURCE_DOES_NOT_EXIST) or its alias
+# (INVALID_PARAMETER_VALUE) is not there; any other error is the store failing.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # dvc exp run --temp / --queue copies the repo to <project>/.dvc/tmp/exps/<run>/: runs made
 # there must still land in the project's own store, not in the copy that DVC deletes.
 _DVC_EXPS = (".dvc", "tmp", "exps")
@@ -51,11 +54,53 @@ def connect() -> Any:
     try:
         mlflow.search_experiments(max_results=1)
     except Exception as err:  # any transport or store failure means the same to the user
-        reason = " ".join(str(err).split())[:200]
         raise TrackingError(
-            f"MLflow tracking store {_redact(uri)} is not reachable: {reason}"
+            f"MLflow tracking store {_redact(uri)} is not reachable: {_reason(uri, err)}"
         ) from None
     return mlflow
+
+
+@contextlib.contextmanager
+def _store(action: str) -> Iterator[None]:
+    """An MLflow failure inside becomes one line naming the store, the action and the cause
+    (a server whose database went down, a refused request), not a traceback."""
+    import mlflow
+
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as err:
+        uri = tracking_uri()
+        raise TrackingError(
+            f"MLflow tracking store {_redact(uri)} failed while {action}: {_reason(uri, err)}"
+        ) from None
+
+
+def _reason(uri: str, err: Exception) -> str:
+    """Why a store call failed, in one line. MLflow's client reports a server error it gave up
+    retrying without the server's answer; ask the server once more for what it says."""
+    said = _server_error(uri) if uri.startswith(("http://", "https://")) else None
+    return _one_line(said or str(err))
+
+
+def _server_error(uri: str) -> str | None:
+    import requests
+
+    try:
+        search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        answer = requests.get(search, timeout=10)
+    except requests.RequestException as err:
+        return str(err)
+    if answer.ok:
+        return None
+    try:
+        body = answer.json()
+        return f"HTTP {answer.status_code} {body['error_code']}: {body['message'].splitlines()[0]}"
+    except (ValueError, KeyError, TypeError, IndexError):
+        return f"HTTP {answer.status_code}: {answer.text}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
 
 
 def _redact(uri: str) -> str:
@@ -103,26 +148,36 @@ def stage_run(model: str, stage: str, params: dict[str, Any], data_hash: str) ->
         "git.commit": git_commit(),
         "data.sha256": data_hash,
     }
-    experiment_id = _experiment_id(mlflow, f"kexue-{model}")
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{stage}_{model}", tags=tags
-    ) as run:
+    name = f"{stage}_{model}"
+    with _store(f"starting run {name}"):
+        experiment_id = _experiment_id(mlflow, f"kexue-{model}")
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    try:
         yield run
+    except BaseException:
+        # The store may be what failed: marking the run FAILED is worth one try, no more.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.end_run("FAILED")
+        raise
+    with _store(f"ending run {name}"):
+        mlflow.end_run()
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        with _store("logging metrics"):
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, folder: str | None = None) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        with _store(f"logging artifact {Path(path).name}"):
+            mlflow.log_artifact(str(path), artifact_path=folder)
 
 
 def register_model(
@@ -134,21 +189,47 @@ def register_model(
     tags: dict[str, str],
 ) -> tuple[str, bool]:
     """Register a logged model version; move `champion` to it if its score is at least the
-    current champion's. Returns (version, became_champion)."""
+    current champion's. Returns (version, became_champion).
+
+    Moving the alias is the last write: a registration the store breaks off before it is
+    withdrawn (as far as the store still answers), so no version is left that should be
+    champion and is not; the error says what could not be undone."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    with contextlib.suppress(mlflow.exceptions.MlflowException):
-        client.create_registered_model(name, description=description)
-    version = mlflow.register_model(
-        model_info.model_uri, name, tags={**tags, score_name: str(score)}
-    )
-    champion_score = _champion_score(client, name, score_name)
+    with _store(f"reading the champion of {name}"):
+        champion_score = _champion_score(client, name, score_name)
+        is_new = not client.search_registered_models(filter_string=f"name = '{name}'")
     promote = champion_score is None or score >= champion_score
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-    client.update_registered_model(name, description=description)
-    return str(version.version), promote
+    version = None
+    try:
+        with _store(f"registering {name}"):
+            version = mlflow.register_model(
+                model_info.model_uri, name, tags={**tags, score_name: str(score)}
+            ).version
+            client.update_registered_model(name, description=description)
+            if promote:
+                client.set_registered_model_alias(name, CHAMPION, version)
+    except TrackingError as err:
+        raise TrackingError(f"{err}; {_withdraw(client, name, version, is_new)}") from None
+    return str(version), promote
+
+
+def _withdraw(client, name: str, version: str | None, is_new: bool) -> str:
+    """Undo a half-done registration as far as the store lets; say what is left."""
+    import mlflow
+
+    try:
+        if version is not None:
+            client.delete_model_version(name, version)
+        if is_new:
+            client.delete_registered_model(name)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code in _NOT_FOUND:
+            return "nothing was registered"
+        left = f"version {version} of {name}" if version is not None else f"model {name}"
+        return f"{left} may be left half registered: delete it once the store is back"
+    return "nothing was registered"
 
 
 def _champion_score(client, name: str, score_name: str) -> float | None:
@@ -156,8 +237,10 @@ def _champion_score(client, name: str, score_name: str) -> float | None:
 
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code in _NOT_FOUND:
+            return None
+        raise
     value = champion.tags.get(score_name)
     return float(value) if value is not None else None
 
@@ -207,4 +290,5 @@ def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
         (staging / "model").rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return mlflow.pyfunc.log_model(name="model", **kwargs)
+    with _store("logging the model"):
+        return mlflow.pyfunc.log_model(name="model", **kwargs)
