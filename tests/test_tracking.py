@@ -4,9 +4,9 @@ import mlflow
 import pandas as pd
 import pytest
 from conftest import export_crf
-from servers import free_port
 
 from kexue import tracking
+from kexue.servers import free_port
 
 
 def test_champion_moves_only_to_a_version_at_least_as_good(trained_crf, mlflow_store, tmp_path):

@@ -9,9 +9,9 @@ import pytest
 from browser import WINDOW, page_text, screenshot
 from conftest import REPO, export_crf
 from PIL import Image
-from servers import free_port, serve
 
 from kexue import tracking
+from kexue.servers import free_port, serve
 
 pytestmark = pytest.mark.slow
 
