@@ -5,7 +5,7 @@
     python bench/tracking.py --calls 500 --runs 50
 
 The servers are started here on 127.0.0.1, proxying an artifact folder, with the tests'
-helpers (tests/servers.py, tests/postgres.py: Debian's PostgreSQL in a temp folder). Each
+helpers (kexue/servers.py, kexue/postgres.py: Debian's PostgreSQL in a temp folder). Each
 store gets a fresh experiment and run; after a few untimed calls, one log_param, one
 log_metric, and one small run as a stage makes it (create, a batch of params, a batch of
 metrics per epoch, end) are timed one by one, the stores taking turns. Prints the median
@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import io
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +26,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import postgres  # noqa: E402
-from servers import mlflow_server  # noqa: E402
+from kexue import postgres
+from kexue.servers import mlflow_server
 
 WARM_UP = 5
 # A small run, sized like a tiny training stage: its params, epochs and metrics per epoch.

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 from conftest import REPO, tiny_corpus_lines
-from servers import tool_env
+
+from kexue.servers import tool_env
 
 CRF_BRANCH = ["prepare_crf", "vocab@crf", "train_crf", "evaluate_crf", "export_crf"]
 

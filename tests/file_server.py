@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import free_port, serve
+
+from kexue.servers import free_port, serve
 
 HERE = Path(__file__).resolve().parent
 

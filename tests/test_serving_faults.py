@@ -2,12 +2,12 @@
 server keeps answering valid requests through a long mixed stream (nothing lost)."""
 
 import itertools
-import sys
 
 import pytest
 import requests
 from conftest import export_crf
-from servers import free_port, serve
+
+from kexue.servers import served_model
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +23,8 @@ def split_frame(columns: list[str], rows: list[list]) -> dict:
 @pytest.fixture
 def served_crf(trained_crf, mlflow_store, tmp_path):
     export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(tmp_path / "pyfunc")]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
-        yield f"{url}/invocations", trained_crf["config"].serve.max_request_chars
+    with served_model(tmp_path / "pyfunc", tmp_path / "serve.log") as url:
+        yield url, trained_crf["config"].serve.max_request_chars
 
 
 def bad_requests(max_chars: int) -> dict[str, dict]:

@@ -3,7 +3,6 @@ retrieval metric by hand, training and evaluation, the pyfunc's two modes, the C
 
 import dataclasses
 import json
-import sys
 
 import mlflow
 import numpy as np
@@ -11,13 +10,13 @@ import pandas as pd
 import pytest
 import requests
 from conftest import REPO, tiny_runtime, train_tiny
-from servers import free_port, serve
 
 from kexue import cli, params, tracking
 from kexue.data.cilin import read_cilin
 from kexue.errors import DataError
 from kexue.models import similarity
 from kexue.models.similarity import Gallery, Member
+from kexue.servers import served_model
 
 # Groups with no characters in common, so a tiny encoder can tell them apart; a `#` and an
 # `@` line that are not groups, and a code used twice as in the real file.
@@ -271,17 +270,13 @@ def test_cli_similar_prints_known_phrases_with_scores(pyfunc_dir, capsys):
 
 @pytest.mark.slow
 def test_served_model_answers_both_modes_over_http(pyfunc_dir, tmp_path):
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(pyfunc_dir)]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
+    with served_model(pyfunc_dir, tmp_path / "serve.log") as url:
         texts = {"dataframe_split": {"columns": ["text"], "data": [["甲乙"]]}}
-        vectors = requests.post(f"{url}/invocations", json=texts)
+        vectors = requests.post(url, json=texts)
         assert vectors.status_code == 200, vectors.text
         assert len(vectors.json()["predictions"][0]["vector"]) == 16
         ranked = requests.post(
-            f"{url}/invocations",
+            url,
             json={
                 "dataframe_records": [{"query": "甲乙", "candidates": ["庚辛", "乙甲"]}],
                 "params": {"top_k": 2},
@@ -289,8 +284,6 @@ def test_served_model_answers_both_modes_over_http(pyfunc_dir, tmp_path):
         )
         assert ranked.status_code == 200, ranked.text
         assert ranked.json()["predictions"][0]["ranked"] == ["乙甲", "庚辛"]
-        missing = requests.post(
-            f"{url}/invocations", json={"dataframe_split": {"columns": ["x"], "data": [["甲"]]}}
-        )
+        missing = requests.post(url, json={"dataframe_split": {"columns": ["x"], "data": [["甲"]]}})
         assert missing.status_code == 400
         assert "expected a column 'text'" in missing.json()["message"]

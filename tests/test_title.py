@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import random
-import sys
 
 import keras
 import mlflow
@@ -12,12 +11,12 @@ import pandas as pd
 import pytest
 import requests
 from conftest import REPO, tiny_runtime
-from servers import free_port, serve
 
 from kexue import cli, params, serving, tracking
 from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
 from kexue.errors import DataError
 from kexue.models import title
+from kexue.servers import served_model
 
 CHARS = "春夏秋冬山水風月花雲江湖日夜"
 
@@ -333,17 +332,13 @@ def test_cli_prints_a_title_per_text(title_pyfunc, capsys, generator):
 
 @pytest.mark.slow
 def test_served_model_takes_beam_width_and_refuses_bad_ones(title_pyfunc, tmp_path, generator):
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(title_pyfunc)]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
     frame = {"columns": ["text"], "data": [["春夏秋冬山水"], [""]]}
 
     def ask(params: dict) -> requests.Response:
         body = {"dataframe_split": frame, "params": params}
-        return requests.post(f"{url}/invocations", json=body, timeout=60)
+        return requests.post(url, json=body, timeout=60)
 
-    with serve(command, f"{url}/ping", tmp_path / "serve.log"):
+    with served_model(title_pyfunc, tmp_path / "serve.log") as url:
         answer = ask({"beam_width": 1})
         assert answer.status_code == 200, answer.text
         titles = [row["title"] for row in answer.json()["predictions"]]

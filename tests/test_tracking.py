@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from conftest import export_crf
-from servers import free_port
 
 from kexue import tracking, training
+from kexue.servers import free_port
 
 
 def test_champion_moves_only_to_a_version_at_least_as_good(trained_crf, mlflow_store, tmp_path):

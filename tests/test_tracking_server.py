@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import postgres
 import pytest
 import requests
 from dvc_project import CRF_BRANCH, ENV, TINY_CRF, make_project, run, set_params, stages_run
-from servers import mlflow_server
+
+from kexue import postgres
+from kexue.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 

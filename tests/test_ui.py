@@ -8,9 +8,9 @@ import pytest
 from browser import WINDOW, page_text, screenshot
 from conftest import REPO, export_crf
 from PIL import Image
-from servers import mlflow_server
 
 from kexue import tracking
+from kexue.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 import yaml
 from conftest import REPO
-from servers import tool_env
 
 from kexue.models import MODELS
+from kexue.servers import tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -24,11 +24,11 @@ import pytest
 import yaml
 from conftest import tiny_runtime
 from dvc_project import ENV, TINY_CRF, make_project, run, set_params, stages_run
-from servers import free_port, process_group
 
 from kexue import params, training
 from kexue.errors import ParamsError
 from kexue.models import crf
+from kexue.servers import free_port, process_group
 
 WORKERS = 2
 PER_REPLICA_BATCH = 16  # params' batch_size is per replica: the job's global batch is 32

@@ -221,12 +221,15 @@ def fit_classifier(
 ) -> keras.Model:
     """Train encoder + head on the members' groups; per-epoch loss/accuracy to curves_file."""
     batch = training.global_batch_size(config.train.batch_size, strategy)
-    examples = tf.data.Dataset.from_tensor_slices(
-        (char_ids([m.text for m in members], vocab), class_ids(members))
+    chars = tf.ragged.constant([vocab.encode(m.text) for m in members], dtype=tf.int32)
+    examples = tf.data.Dataset.from_tensor_slices((chars, class_ids(members))).map(
+        lambda text, group: (text, group)  # rank-0 ragged slices -> plain tensors
     )
+    # Each batch padded to its own longest phrase, not the corpus' longest: the GRU runs
+    # as many steps as the batch is wide (masked or not), and most phrases are 2 characters.
     dataset = (
         examples.shuffle(len(members), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch)
+        .padded_batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )
     num_classes = len({m.group for m in members})

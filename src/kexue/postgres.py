@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from servers import as_user, free_port, serve
+from kexue.servers import as_user, free_port, serve
 
 DATABASE = "mlflow"
 SUPERUSER = "kexue"

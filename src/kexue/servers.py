@@ -1,4 +1,5 @@
-"""Start real servers for tests: bound to 127.0.0.1, own process group, killed as a group."""
+"""Start real servers (tests, benchmarks): bound to 127.0.0.1, own process group, killed as a
+group."""
 
 from __future__ import annotations
 
@@ -127,3 +128,15 @@ def mlflow_server(
     # The server's GenAI job workers (idle here) cost seconds of start-up on a small machine.
     with serve(command, f"{url}/health", log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
         yield url
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str | Path, log: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` on a free loopback port, in this interpreter's
+    environment; yields the invocations URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_uri)]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with serve(command, f"{url}/ping", log, timeout):
+        yield f"{url}/invocations"
