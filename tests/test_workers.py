@@ -12,7 +12,9 @@ import contextlib
 import csv
 import dataclasses
 import json
+import os
 import shlex
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -188,6 +190,9 @@ def test_a_killed_job_resumes_on_every_worker_from_its_last_epoch(single_process
         while len(backups := backed_up_epochs(repo)) < WORKERS or not all(backups.values()):
             assert None in [process.poll() for process in processes], "ended before the kill"
             time.sleep(POLL_SECONDS)
+        # Both at once, as a power cut would: a worker left alive sees its peer vanish.
+        for process in processes:
+            os.killpg(process.pid, signal.SIGKILL)
     chief_backup, worker_backup = sorted(backups)
     assert worker_backup == f"{chief_backup}-worker1"
     kept = backed_up_epochs(repo)
