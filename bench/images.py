@@ -72,7 +72,8 @@ def augment_one(path: str, size: int, config: AugmentConfig, rng) -> np.ndarray:
 
 def tf_batches(paths, labels, size: int, config: AugmentConfig, batch: int, seed: int):
     """The pipeline training uses (without its in-memory cache: every epoch decodes)."""
-    decoded = images.decoded_images(images.image_files(paths, labels))
+    files = images.image_files(paths, labels)
+    decoded = images.decoded_images(files, shape=images.shared_shape(paths))
     return augment.augmented_batches(decoded, config, size, batch, seed).prefetch(-1)
 
 

@@ -21,38 +21,59 @@ def ramp(height: int = 6, width: int = 6, channels: int = 3) -> np.ndarray:
     return np.arange(height * width * channels, dtype=np.float32).reshape(height, width, channels)
 
 
-def test_flip_mirrors_left_and_right():
+def rotate_zoom(images, degrees, scales, fill_mode="constant"):
+    """flip_rotate_zoom with no flip."""
+    return augment.flip_rotate_zoom(
+        tf.constant(images), tf.zeros(len(images), tf.bool), degrees, scales, fill_mode
+    )
+
+
+def test_flip_mirrors_left_and_right_and_only_the_images_drawn_for_it():
     images = np.stack([ramp(4, 5), ramp(4, 5) + 1])
-    np.testing.assert_array_equal(augment.flip(tf.constant(images)).numpy(), images[:, :, ::-1])
+    flipped = augment.flip_rotate_zoom(
+        tf.constant(images), tf.constant([True, False]), [0.0, 0.0], [1.0, 1.0]
+    ).numpy()
+    np.testing.assert_allclose(flipped[0], images[0, :, ::-1], atol=1e-4)
+    np.testing.assert_allclose(flipped[1], images[1], atol=1e-4)
+
+
+def test_flip_comes_before_the_rotation():
+    image = ramp(5, 5, 1)
+    both = augment.flip_rotate_zoom(tf.constant(image[None]), [True], [90.0], [1.0], "constant")
+    np.testing.assert_allclose(both[0], np.rot90(image[:, ::-1], k=1, axes=(0, 1)), atol=1e-4)
 
 
 def test_each_image_of_a_batch_gets_its_own_strength():
     images = np.stack([ramp(5, 5, 1)] * 2)
-    turned = augment.rotate_zoom(tf.constant(images), [90.0, 0.0], [1.0, 1.0], "constant")
+    turned = rotate_zoom(images, [90.0, 0.0], [1.0, 1.0])
     np.testing.assert_allclose(turned[1], images[1], atol=1e-4)
     assert not np.allclose(turned[0], images[0])
     masked = augment.quarter_mask(tf.constant(np.ones((2, 4, 4, 1))), tf.constant([0, 3])).numpy()
     assert masked[0, 0, 0, 0] == 0 and masked[0, 3, 3, 0] == 1 and masked[1, 3, 3, 0] == 0
 
 
+def test_mask_spares_the_images_not_chosen():
+    ones = tf.constant(np.ones((2, 4, 4, 1)))
+    masked = augment.quarter_mask(ones, tf.constant([0, 0]), tf.constant([False, True])).numpy()
+    assert masked[0].min() == 1 and masked[1, 0, 0, 0] == 0
+
+
 def test_rotation_by_90_degrees_turns_counter_clockwise():
     image = ramp(5, 5, 1)
-    turned = augment.rotate_zoom(tf.constant(image[None]), [90.0], [1.0], "constant").numpy()
+    turned = rotate_zoom(image[None], [90.0], [1.0]).numpy()
     np.testing.assert_allclose(turned[0], np.rot90(image, k=1, axes=(0, 1)), atol=1e-4)
 
 
 def test_small_rotation_keeps_the_center_and_moves_the_corners():
     image = ramp(7, 7, 1)
-    turned = augment.rotate_zoom(tf.constant(image[None]), [10.0], [1.0], "constant").numpy()[0]
+    turned = rotate_zoom(image[None], [10.0], [1.0]).numpy()[0]
     assert turned[3, 3, 0] == pytest.approx(image[3, 3, 0], abs=1e-4)
     assert not np.allclose(turned[0, 0], image[0, 0])
 
 
 def test_zoom_2_magnifies_the_middle_half():
     image = ramp(8, 8, 1)
-    zoomed = augment.rotate_zoom(tf.constant(image[None]), [0.0], [2.0], "constant").numpy()[
-        0, ..., 0
-    ]
+    zoomed = rotate_zoom(image[None], [0.0], [2.0]).numpy()[0, ..., 0]
     # Output pixel (y, x) samples the input at 3.5 + (y - 3.5) / 2: the middle 4 x 4 spread out.
     coords = 3.5 + (np.arange(8) - 3.5) / 2
     expected = coords[:, None] * 8 + coords[None, :]  # the ramp is linear: bilinear is exact
@@ -61,9 +82,7 @@ def test_zoom_2_magnifies_the_middle_half():
 
 def test_zoom_below_1_shrinks_and_fills_the_border():
     image = np.ones((8, 8, 1), np.float32)
-    shrunk = augment.rotate_zoom(tf.constant(image[None]), [0.0], [0.5], "constant").numpy()[
-        0, ..., 0
-    ]
+    shrunk = rotate_zoom(image[None], [0.0], [0.5]).numpy()[0, ..., 0]
     assert shrunk[0, 0] == 0 and shrunk[4, 4] == 1
 
 
@@ -121,20 +140,36 @@ def test_the_pipeline_is_seeded_and_draws_anew_each_epoch():
     assert not np.allclose(np.concatenate(first), images)
 
 
-def turn_by(degrees: float) -> dict:
+def turned_by(degrees: float) -> dict:
     """A draw of random_strengths for one image: this rotation, nothing else."""
-    return {"degrees": tf.constant([degrees]), "scales": tf.constant([1.0])}
+    no = tf.constant([False])
+    return {"flip": no, "degrees": tf.constant([degrees]), "scales": tf.constant([1.0])}
 
 
-@pytest.mark.parametrize("side", [4, 16])
-def test_an_image_is_turned_and_resized_whether_it_is_enlarged_or_shrunk(side):
-    # Smaller than the output: turned, then enlarged; larger: shrunk, then turned. A square
-    # image turned by 90 degrees comes out the same either way.
+def test_a_batch_turns_at_its_working_size_then_is_resized():
     config = AugmentConfig(**{**OFF.__dict__, "rotation": 90.0})
-    image = ramp(side, side)
-    turned = augment.augment_image(tf.constant(image), turn_by(90.0), 8, config).numpy()
+    image = ramp(4, 4)
+    turned = augment.augment_batch(tf.constant(image[None]), [0], turned_by(90.0), 8, config)
     resized = images.resize(tf.constant(image[None]), 8).numpy()[0]
-    np.testing.assert_allclose(turned, np.rot90(resized, k=1, axes=(0, 1)), atol=1e-3)
+    np.testing.assert_allclose(turned[0], np.rot90(resized, k=1, axes=(0, 1)), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape, working",
+    [
+        ((4, 4), (4, 4)),
+        ((8, 6), (8, 6)),
+        ((16, 16), (8, 8)),
+        ((4, 12), (8, 8)),
+        ((None, None), (8, 8)),
+    ],
+)
+def test_images_work_at_their_shared_size_unless_larger_or_unknown(shape, working):
+    data = tf.data.Dataset.from_generator(
+        lambda: iter([]),
+        output_signature=(tf.TensorSpec((*shape, 3), tf.uint8), tf.TensorSpec((), tf.int32)),
+    )
+    assert tuple(augment.at_working_size(data, 8).element_spec[0].shape[:2]) == working
 
 
 def test_resizing_is_anti_aliased_only_when_shrinking_where_it_differs():

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import tensorflow as tf
 from file_server import sha256, tar_archive
 from PIL import Image
 
@@ -179,3 +181,19 @@ def test_a_test_class_unknown_to_training_is_an_error(tmp_path):
     _, _, classes = images.list_split(tmp_path, "train")
     with pytest.raises(DataError, match=r"test/b: class not in the training split"):
         images.list_split(tmp_path, "test", classes)
+
+
+def test_images_sharing_a_size_are_decoded_with_it_known(tmp_path):
+    paths = []
+    for index, size in enumerate([(23, 17), (23, 17), (17, 23)]):
+        paths.append(str(tmp_path / f"{index}.jpg"))
+        Path(paths[-1]).write_bytes(jpeg(index, size))
+    assert images.shared_shape(paths[:2]) == (23, 17)  # (height, width)
+    assert images.shared_shape(paths) is None
+    files = images.image_files(paths[:2], np.array([0, 1]))
+    decoded = images.decoded_images(files, shape=(23, 17))
+    assert tuple(decoded.element_spec[0].shape) == (23, 17, 3)
+    assert [tuple(image.shape) for image, _ in decoded] == [(23, 17, 3)] * 2
+    wrong = images.decoded_images(images.image_files(paths[2:], np.array([0])), shape=(23, 17))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(wrong)

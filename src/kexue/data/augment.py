@@ -1,17 +1,19 @@
 """Image augmentation on the fly, as a seeded tf.data pipeline: the post's horizontal flip,
 rotation, zoom, same-class splice and random quarter mask.
 
-Every random choice comes from stateless ops seeded per image from `seed`, so one seed gives
+Every random choice comes from stateless ops seeded per batch from `seed`, so one seed gives
 the same augmented images whatever the parallelism, and each epoch draws new ones.
 
-    each image, decoded at its own size: flip -> rotation and zoom (one resampling) and the
-    resize to the training size -> quarter mask; then each batch: splice, an image's right
+    each image: brought to the working size -> each batch: flip, rotation and zoom (one
+    resampling) -> resize to the training size -> quarter mask -> splice, an image's right
     half replaced by the right half of another image of the same class in the batch (the
     label stays right by construction)
 
-The rotation and zoom resample at the smaller of the image's and the training size: a
-28-pixel digit turns before it is enlarged to 96 pixels, a photo after it is shrunk, so the
-costly resampling touches as few pixels as it can (bench/images.py).
+The working size is the images' own when the dataset says they all share one no larger than
+the training size (MNIST's 28-pixel digits turn before they are enlarged to 96, at a twelfth
+of the pixels); otherwise each image is first resized to the training size. The augmentations
+run once per batch, not per image: a tf.data function pays a fixed cost for every op it runs,
+which per image outweighed the resampling itself (bench/images.py).
 """
 
 from __future__ import annotations
@@ -44,27 +46,30 @@ class AugmentConfig:
 # -- single augmentations on a batch (b, h, w, c), deterministic given their parameters ------
 
 
-def flip(images: tf.Tensor) -> tf.Tensor:
-    """Mirror left-right: column j becomes column w-1-j."""
-    return tf.reverse(images, axis=[2])
-
-
-def rotate_zoom(
-    images: tf.Tensor, degrees: tf.Tensor, scales: tf.Tensor, fill_mode: str = "reflect"
+def flip_rotate_zoom(
+    images: tf.Tensor,
+    flips: tf.Tensor,
+    degrees: tf.Tensor,
+    scales: tf.Tensor,
+    fill_mode: str = "reflect",
 ) -> tf.Tensor:
-    """Turn each image counter-clockwise by its `degrees` and magnify it by its `scales`
-    (both (b,)) about its center, in one resampling."""
+    """Mirror each image left-right where its `flips` says, then turn it counter-clockwise by
+    its `degrees` and magnify it by its `scales` (all (b,)) about its center: one resampling,
+    float32 out."""
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     center_x = (tf.cast(width, tf.float32) - 1) / 2
     center_y = (tf.cast(height, tf.float32) - 1) / 2
     angles = tf.cast(degrees, tf.float32) * math.pi / 180
     scales = tf.cast(scales, tf.float32)
     cos, sin = tf.cos(angles) / scales, tf.sin(angles) / scales
+    a, b, c, d, e, f = sampling_affine(cos, sin, center_x, center_y)
+    # A mirrored image's column x is the original's column w-1-x: negate x's row of the affine.
+    sign = tf.where(flips, -1.0, 1.0)
+    a, b, c = sign * a, sign * b, sign * c + (1 - sign) * center_x
     zeros = tf.zeros_like(cos)
-    transforms = tf.stack([*sampling_affine(cos, sin, center_x, center_y), zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32),
-        transforms=transforms,
+        transforms=tf.stack([a, b, c, d, e, f, zeros, zeros], axis=1),
         output_shape=tf.stack([height, width]),
         fill_value=0.0,
         interpolation="BILINEAR",
@@ -86,14 +91,16 @@ def sampling_affine(cos, sin, center_x, center_y) -> list:
     ]
 
 
-def quarter_mask(images: tf.Tensor, quarters: tf.Tensor) -> tf.Tensor:
-    """Zero one quarter of each image, by its `quarters` (b,): 0 top left, 1 top right,
-    2 bottom left, 3 bottom right."""
+def quarter_mask(images: tf.Tensor, quarters: tf.Tensor, chosen: tf.Tensor | None = None):
+    """Zero one quarter of each image (of the `chosen` ones, (b,) bool, if given), by its
+    `quarters` (b,): 0 top left, 1 top right, 2 bottom left, 3 bottom right."""
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     rows = tf.range(height)[None, :, None] < height // 2
     cols = tf.range(width)[None, None, :] < width // 2
     top, left = (quarters < 2)[:, None, None], (quarters % 2 == 0)[:, None, None]
     hidden = tf.equal(rows, top) & tf.equal(cols, left)
+    if chosen is not None:
+        hidden &= chosen[:, None, None]
     return images * tf.cast(~hidden, images.dtype)[..., None]
 
 
@@ -134,68 +141,59 @@ def random_strengths(size, seed: tf.Tensor, config: AugmentConfig) -> dict[str, 
     }
 
 
-def augment_image(
-    image: tf.Tensor, draw: dict[str, tf.Tensor], size: int, config: AugmentConfig
+def augment_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    draw: dict[str, tf.Tensor],
+    size: int,
+    config: AugmentConfig,
 ) -> tf.Tensor:
-    """One image (h, w, c) of any size -> float32 (size, size, c): flip, rotation and zoom,
-    resize, quarter mask, as `draw` (random_strengths of one image) says."""
-    batch = tf.cast(image, tf.float32)[None]
-    if config.flip > 0:
-        batch = tf.cond(draw["flip"][0], lambda: flip(batch), lambda: batch)
-    if config.rotation > 0 or tuple(config.zoom) != (1.0, 1.0):
-
-        def turn(pixels):
-            return rotate_zoom(pixels, draw["degrees"], draw["scales"], config.fill_mode)
-
-        smaller = tf.shape(batch)[1] * tf.shape(batch)[2] <= size * size
-        batch = tf.cond(
-            smaller,
-            lambda: resize(turn(batch), size),
-            lambda: turn(resize(batch, size)),
+    """A batch (b, h, w, c) at its working size -> float32 (b, size, size, c): flip, rotation
+    and zoom, resize, quarter mask, splice, as `draw` (random_strengths) says."""
+    batch = tf.cast(images, tf.float32)
+    if config.flip > 0 or config.rotation > 0 or tuple(config.zoom) != (1.0, 1.0):
+        batch = flip_rotate_zoom(
+            batch, draw["flip"], draw["degrees"], draw["scales"], config.fill_mode
         )
-    else:
+    if tuple(batch.shape[1:3]) != (size, size):
         batch = resize(batch, size)
     if config.mask > 0:
-        masked = draw["mask"][0]  # most images are not: skip the multiplication for them
-        batch = tf.cond(masked, lambda: quarter_mask(batch, draw["quarters"]), lambda: batch)
-    return batch[0]
+        batch = quarter_mask(batch, draw["quarters"], draw["mask"])
+    if config.splice > 0:  # an image that is not spliced is its own partner: one gather
+        partners = same_class_partners(labels, draw["partner_seed"])
+        own = tf.range(tf.shape(labels)[0], dtype=partners.dtype)
+        batch = splice(batch, tf.where(draw["splice"], partners, own))
+    return batch
 
 
-def splice_chosen(
-    images: tf.Tensor, labels: tf.Tensor, chosen: tf.Tensor, seed: tf.Tensor
-) -> tf.Tensor:
-    """splice on the `chosen` images of a batch, each with a random same-class partner."""
-    # An image that is not spliced is its own partner: one gather for all.
-    partners = same_class_partners(labels, seed)
-    own = tf.range(tf.shape(labels)[0], dtype=partners.dtype)
-    return splice(images, tf.where(chosen, partners, own))
+def at_working_size(dataset: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """(image, label) elements as they come when the dataset's static shape says every image
+    is the same size, no larger than `size` (the rotation then resamples fewer pixels); else
+    each image resized to (size, size)."""
+    height, width = dataset.element_spec[0].shape[:2]
+    if height is not None and width is not None and height <= size and width <= size:
+        return dataset
+    return dataset.map(
+        lambda image, label: (resize(image[None], size)[0], label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def augmented_batches(
     dataset: tf.data.Dataset, config: AugmentConfig, size: int, batch_size: int, seed: int
 ) -> tf.data.Dataset:
-    """(image of any size, label) elements -> augmented (images float32 (b, size, size, c),
-    labels) batches, on the fly."""
-    # Stateless seeds, one pair per image, new ones each epoch.
+    """(image, label) elements -> augmented (images float32 (b, size, size, c), labels)
+    batches, on the fly."""
+    # Stateless seeds, one pair per batch, new ones each epoch.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def one_image(pair, image_seed):
-        image, label = pair
-        draw = random_strengths(1, image_seed, config)
-        augmented = augment_image(image, draw, size, config)
-        return augmented, label, draw["splice"][0], draw["partner_seed"]
+    def one_batch(batch, batch_seed):
+        images, labels = batch
+        draw = random_strengths(tf.shape(labels)[0], batch_seed, config)
+        return augment_batch(images, labels, draw, size, config), labels
 
-    def one_batch(batch, labels, chosen, partner_seeds):
-        if config.splice > 0:  # the batch's partners drawn with its first image's seed
-            batch = splice_chosen(batch, labels, chosen, partner_seeds[0])
-        return batch, labels
-
-    return (
-        tf.data.Dataset.zip(dataset, seeds)
-        .map(one_image, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .map(one_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    )
+    batches = at_working_size(dataset, size).batch(batch_size)
+    return tf.data.Dataset.zip(batches, seeds).map(one_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # -- preview -----------------------------------------------------------------------------------
@@ -209,15 +207,17 @@ def preview_rows(
     seed = tf.constant([config.seed, 0], dtype=tf.int64)
     batch, classes = tf.constant(images, tf.float32), tf.constant(labels)
     draw = random_strengths(len(images), seed, config)
+    every, none = tf.ones(len(images), tf.bool), tf.zeros(len(images), tf.bool)
+    zeros, ones = tf.zeros(len(images)), tf.ones(len(images))
+
+    def transformed(flips, degrees, scales):
+        return flip_rotate_zoom(batch, flips, degrees, scales, config.fill_mode)
+
     rows = {
         "original": batch,
-        "flip": flip(batch),
-        f"rotate +-{config.rotation:g} deg": rotate_zoom(
-            batch, draw["degrees"], tf.ones(len(images)), config.fill_mode
-        ),
-        f"zoom {config.zoom[0]:g}-{config.zoom[1]:g}": rotate_zoom(
-            batch, tf.zeros(len(images)), draw["scales"], config.fill_mode
-        ),
+        "flip": transformed(every, zeros, ones),
+        f"rotate +-{config.rotation:g} deg": transformed(none, draw["degrees"], ones),
+        f"zoom {config.zoom[0]:g}-{config.zoom[1]:g}": transformed(none, zeros, draw["scales"]),
         "splice": splice(batch, same_class_partners(classes, draw["partner_seed"])),
         "mask": quarter_mask(batch, draw["quarters"]),
         "as trained": as_trained(images, labels, config),

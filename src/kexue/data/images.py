@@ -277,13 +277,30 @@ def decode_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
     return resize(decode(encoded)[None], size)[0]
 
 
-def decoded_images(files: tf.data.Dataset, size: int | None = None) -> tf.data.Dataset:
+def shared_shape(paths: list[str]) -> tuple[int, int] | None:
+    """(height, width) every image file has, read from their headers; None if they differ."""
+    shapes = set()
+    for path in paths:
+        with Image.open(path) as image:  # reads the header only
+            shapes.add((image.height, image.width))
+        if len(shapes) > 1:
+            return None
+    return shapes.pop() if shapes else None
+
+
+def decoded_images(
+    files: tf.data.Dataset, size: int | None = None, shape: tuple[int, int] | None = None
+) -> tf.data.Dataset:
     """(path, label) elements -> (image, label), decoded in parallel, in order: float32
-    (size, size, 3) in 0..255, or without `size` uint8 at each image's own size."""
+    (size, size, 3) in 0..255, or without `size` uint8 at each image's own size, which is
+    `shape` (height, width) if given (shared_shape: checked, and known to the pipeline)."""
 
     def read(path, label):
         encoded = tf.io.read_file(path)
-        return (decode(encoded) if size is None else decode_resize(encoded, size)), label
+        if size is not None:
+            return decode_resize(encoded, size), label
+        image = decode(encoded)
+        return (image if shape is None else tf.ensure_shape(image, (*shape, 3))), label
 
     return files.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -250,14 +250,15 @@ def training_batches(
     config: Config, paths: list[str], labels: np.ndarray, seed: int, batch: int
 ) -> tf.data.Dataset:
     files = images.image_files(paths, labels)
+    shape = images.shared_shape(paths)  # digits of one size: augmented at it (data/augment.py)
 
     def shuffled(dataset):
         return dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     if config.train.cache_decoded:  # decode once, at the images' own size
-        originals = shuffled(images.decoded_images(files).cache())
+        originals = shuffled(images.decoded_images(files, shape=shape).cache())
     else:  # shuffle file names: a buffer of every decoded photo would not fit in memory
-        originals = images.decoded_images(shuffled(files))
+        originals = images.decoded_images(shuffled(files), shape=shape)
     return (
         augmented_batches(originals, config.augment, config.model.image_size, batch, seed)
         .map(lambda x, y: with_targets({"image": x}, tf.cast(y, tf.int32)))
