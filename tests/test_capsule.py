@@ -49,7 +49,12 @@ def tiny(tmp_path_factory):
         data=dataclasses.replace(config.data, train_size=None, test_size=None, pairs=50),
         model=dataclasses.replace(config.model, conv_filters=[8, 8], capsule_dim=4),
         train=dataclasses.replace(
-            config.train, epochs=20, baseline_epochs=20, batch_size=32, learning_rate=0.01
+            config.train,
+            epochs=20,
+            baseline_epochs=20,
+            batch_size=32,
+            learning_rate=0.01,
+            baseline_learning_rate=0.01,
         ),
     )
     counts = capsule.prepare(config, [source], root / "data")

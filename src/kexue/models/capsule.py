@@ -65,12 +65,13 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:  # both models alike, but for the baseline's epochs
+class TrainConfig:  # both models alike, but for the baseline's epochs and rate
     epochs: int
-    baseline_epochs: int  # the CNN's: it converges slower (the post trains it 20 epochs)
+    baseline_epochs: int  # the CNN's (the post trains it 20 epochs)
     max_shift: int  # training digits move by up to this many pixels each way (0: as given)
     batch_size: int
     learning_rate: float
+    baseline_learning_rate: float  # the CNN's; each rate decays to 0 over its run
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,16 @@ def shifted(image: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
 
 
-def fit(build, epochs: int, config: Config, runtime, data_dir: Path, curves: Path, backup: Path):
+def fit(
+    build,
+    epochs: int,
+    learning_rate: float,
+    config: Config,
+    runtime,
+    data_dir: Path,
+    curves: Path,
+    backup: Path,
+):
     strategy = training.setup(runtime)
     x, y = load_npz(data_dir / "train.npz")
     batch = training.global_batch_size(config.train.batch_size, strategy)
@@ -223,7 +233,7 @@ def fit(build, epochs: int, config: Config, runtime, data_dir: Path, curves: Pat
     )
     steps = epochs * math.ceil(len(y) / batch)
     with strategy.scope():
-        model = build(config, training.cosine_adam(config.train.learning_rate, steps))
+        model = build(config, training.cosine_adam(learning_rate, steps))
     training.fit(model, dataset, None, epochs, curves, backup)
     return model
 
@@ -232,6 +242,7 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
     model = fit(
         build_capsule_model,
         config.train.epochs,
+        config.train.learning_rate,
         config,
         runtime,
         data_dir,
@@ -276,6 +287,7 @@ def evaluate(config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Pat
     cnn = fit(
         build_cnn_model,
         config.train.baseline_epochs,
+        config.train.baseline_learning_rate,
         config,
         runtime,
         data_dir,
