@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kexue import models, params, training
+from kexue import models, params
 from kexue.errors import KexueError
+from kexue.runtime import RuntimeConfig
 
 PATH_OPTIONS = {
     "data": "the model's prepared data folder",
@@ -42,13 +43,11 @@ def model_config(name: str) -> tuple[dict, ModuleType, object]:
     return all_params, module, params.parse(module.Config, params.block(all_params, name), name)
 
 
-def runtime_config(all_params: dict) -> training.RuntimeConfig:
-    return params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
+def runtime_config(all_params: dict) -> RuntimeConfig:
+    return params.parse(RuntimeConfig, all_params.get("runtime"), "runtime")
 
 
-def resumable(
-    runtime: training.RuntimeConfig, name: str, data_hash: str, logged: dict
-) -> training.RuntimeConfig:
+def resumable(runtime: RuntimeConfig, name: str, data_hash: str, logged: dict) -> RuntimeConfig:
     """`runtime` with a backup folder of its own for this data and these params: an
     interrupted training resumes only the very same training; other data or params start
     afresh."""

@@ -19,23 +19,14 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from kexue import io, tracking
 from kexue.errors import ParamsError
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeConfig:
-    seed: int
-    strategy: Literal["auto", "cpu", "mirrored", "multi_worker"]
-    mixed_precision: Literal["auto", "on", "off"]
-    deterministic: bool
-    backup_dir: str
-    download_dir: str
+from kexue.runtime import RuntimeConfig
 
 
 def setup(runtime: RuntimeConfig) -> tf.distribute.Strategy:
