@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kexue import models, params
+from kexue import io, models, params
 from kexue.errors import KexueError
 from kexue.runtime import RuntimeConfig
+from kexue.stats import BootstrapConfig
 
 PATH_OPTIONS = {
     "data": "the model's prepared data folder",
@@ -22,7 +23,12 @@ PATH_OPTIONS = {
     "metrics": "JSON for `dvc metrics`",
     "plots": "folder for `dvc plots`",
     "out": "folder for the MLflow model",
+    "validation": "JSON for `dvc metrics`: the validation figures that made the choices",
+    "baselines": "folder of the model's trained baselines (the baseline stage's output)",
+    "curves-dir": "folder of per-epoch CSVs, one a baseline (DVC plots)",
+    "items": "CSV of per-item test scores, one column a system (and count)",
 }
+OPTIONAL = {"vocab", "baselines"}
 
 
 def stage_args(description: str, *path_options: str) -> argparse.Namespace:
@@ -31,7 +37,7 @@ def stage_args(description: str, *path_options: str) -> argparse.Namespace:
     parser.add_argument("model", choices=models.MODELS)
     for option in path_options:
         parser.add_argument(
-            f"--{option}", type=Path, required=option != "vocab", help=PATH_OPTIONS[option]
+            f"--{option}", type=Path, required=option not in OPTIONAL, help=PATH_OPTIONS[option]
         )
     return parser.parse_args()
 
@@ -45,6 +51,16 @@ def model_config(name: str) -> tuple[dict, ModuleType, object]:
 
 def runtime_config(all_params: dict) -> RuntimeConfig:
     return params.parse(RuntimeConfig, all_params.get("runtime"), "runtime")
+
+
+def bootstrap_config(all_params: dict) -> BootstrapConfig:
+    return params.parse(BootstrapConfig, all_params.get("bootstrap"), "bootstrap")
+
+
+def training_data_hash(data_dir: Path, vocab: Path | None) -> str:
+    """The digest of what training may read: every prepared file but the test split's."""
+    files = [f for f in sorted(data_dir.iterdir()) if f.stem != "test"] if data_dir.is_dir() else []
+    return io.hash_paths([*files, vocab])
 
 
 def resumable(runtime: RuntimeConfig, name: str, data_hash: str, logged: dict) -> RuntimeConfig:

@@ -1,32 +1,35 @@
-"""DVC stage evaluate_<model>: score the trained model on the held-out split."""
+"""DVC stage evaluate_<model>: the only stage that reads the test split. Scores the trained
+model and its baselines on it, item by item, and writes each figure, each difference to a
+baseline and its paired bootstrap interval (`<metric>_vs_<baseline>`, `_low`, `_high`)."""
 
 import inspect
 
-from kexue import io, params, tracking, training
+from kexue import io, params, stats, tracking
 
-from _common import model_config, resumable, run, runtime_config, stage_args
+from _common import bootstrap_config, model_config, run, stage_args
 
 
 def main() -> None:
-    args = stage_args(__doc__, "data", "vocab", "model-dir", "metrics", "plots")
+    args = stage_args(__doc__, "data", "vocab", "model-dir", "baselines", "metrics", "plots", "items")
     all_params, module, config = model_config(args.model)
-    logged = {"profile": all_params.get("profile"), args.model: config}
+    bootstrap = bootstrap_config(all_params)
+    logged = params.flatten(
+        {"profile": all_params.get("profile"), "bootstrap": bootstrap, args.model: config}
+    )
     data_hash = io.hash_paths([args.data, args.vocab, args.model_dir / module.MODEL_FILE])
     extra = {}
-    # A model that trains a baseline while evaluating takes the runtime (seed, devices).
-    if "runtime" in inspect.signature(module.evaluate).parameters:
-        logged["runtime"] = training.on_one_machine(runtime_config(all_params))
-        extra["runtime"] = resumable(
-            logged["runtime"], f"{args.model}-evaluate", data_hash, params.flatten(logged)
-        )
-    logged = params.flatten(logged)
+    if "baselines_dir" in inspect.signature(module.evaluate).parameters:
+        extra["baselines_dir"] = args.baselines
     with tracking.stage_run(args.model, "evaluate", logged, data_hash):
-        metrics = module.evaluate(
+        metrics, scores = module.evaluate(
             config, args.data, args.vocab, args.model_dir, args.plots, **extra
         )
+        metrics.update(stats.comparisons(scores, bootstrap))
+        stats.write_items(args.items, scores)
         io.write_json(args.metrics, metrics)
         tracking.log_metrics(metrics)
         tracking.log_artifact(args.metrics)
+        tracking.log_artifact(args.items)
         for plot in sorted(args.plots.glob("*")):
             tracking.log_artifact(plot, "plots")
         print(metrics)

@@ -1,4 +1,5 @@
-"""DVC stage train_<model>: fit the model; one MLflow run with params, curves and tags.
+"""DVC stage train_<model>: fit the model on the train split, choosing on the validation
+split; one MLflow run with params, curves and tags; the validation figures as DVC metrics.
 
 In a multi-worker job every worker runs this; only the chief writes the outputs and logs.
 """
@@ -7,11 +8,11 @@ import contextlib
 
 from kexue import io, params, tracking, training
 
-from _common import model_config, resumable, run, runtime_config, stage_args
+from _common import model_config, resumable, run, runtime_config, stage_args, training_data_hash
 
 
 def main() -> None:
-    args = stage_args(__doc__, "data", "vocab", "model-dir", "curves")
+    args = stage_args(__doc__, "data", "vocab", "model-dir", "curves", "validation")
     all_params, module, config = model_config(args.model)
     runtime = runtime_config(all_params)
     logged = params.flatten(
@@ -22,7 +23,7 @@ def main() -> None:
             args.model: config,
         }
     )
-    data_hash = io.hash_paths([args.data, args.vocab])
+    data_hash = training_data_hash(args.data, args.vocab)
     runtime = resumable(runtime, args.model, data_hash, logged)
     outputs = training.worker_outputs(runtime, args.model_dir, args.curves)
     # One MLflow run per job: the chief's (a worker's metrics go nowhere without a run).
@@ -35,6 +36,8 @@ def main() -> None:
         summary = module.train(config, runtime, args.data, args.vocab, model_dir, curves)
         tracking.log_metrics(summary)
         tracking.log_artifact(curves, "plots")
+    if training.is_chief(runtime):
+        io.write_json(args.validation, summary)
 
 
 if __name__ == "__main__":

@@ -269,16 +269,30 @@ def fit(
     backup_dir: Path,
     extra_callbacks: list[keras.callbacks.Callback] = (),
     epochs_before: int = 0,
+    patience: int | None = None,
+    monitor: str = "val_loss",
 ) -> keras.callbacks.History:
     """model.fit with curves, resume after an interruption, and quiet logs off a terminal;
     `extra_callbacks` are a model's own (a schedule of a loss weight); `epochs_before`, the
-    epochs of the run's earlier phases."""
+    epochs of the run's earlier phases.
+
+    With `patience`, `epochs` is the most it trains: it stops once `monitor` (a validation
+    figure, lower is better) has not improved for `patience` epochs, and keeps the weights
+    of the best epoch (`best_epoch` reads which). A resumed run knows the best epoch only
+    among those it trained itself: Keras' backup does not keep the early stopper's state.
+    """
     callbacks = [
         # Restores the last finished epoch after a crash; removed when training completes.
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
         EpochCurves(curves_path, backup_dir, epochs_before),
         *extra_callbacks,
     ]
+    if patience is not None:
+        if validation_data is None:
+            raise ParamsError("early stopping (patience) needs a validation split")
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor, patience=patience, restore_best_weights=True)
+        )
     return model.fit(
         sharded(train_data),
         validation_data=None if validation_data is None else sharded(validation_data),
@@ -287,3 +301,14 @@ def fit(
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=1 if sys.stderr.isatty() else 2,
     )
+
+
+def best_epoch(history: keras.callbacks.History, monitor: str = "val_loss") -> dict[str, float]:
+    """The epoch (from 1) with the lowest `monitor` and every logged figure at that epoch,
+    as `best_epoch` and `best_<figure>`: the validation figures that made the choice."""
+    values = history.history[monitor]
+    best = min(range(len(values)), key=values.__getitem__)
+    return {
+        "best_epoch": best + 1,
+        **{f"best_{name}": float(series[best]) for name, series in history.history.items()},
+    }

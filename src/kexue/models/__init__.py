@@ -3,12 +3,20 @@
     Config                                   dataclass of the model's params.yaml block
     MODEL_FILE, SCORE, DESCRIPTION           trained file name; metric that picks the
                                              registry's champion; registered model text
-    prepare(config, corpora, out_dir)        raw corpus files -> fixed train/test split
+    prepare(config, corpora, out_dir)        raw data -> fixed train / validation / test
+                                             files, split and de-overlapped by kexue.splits
     build_vocab(config, data_dir)            -> text.vocab.Vocabulary of the train split
-    train(config, runtime, data_dir, vocab_file, model_dir, curves_file) -> summary dict
-    evaluate(config, data_dir, vocab_file, model_dir, plots_dir) -> metrics dict
-                                             (a model that trains a baseline there adds a
-                                             `runtime` parameter; the stage passes it)
+    train(config, runtime, data_dir, vocab_file, model_dir, curves_file) -> summary dict:
+                                             fits on train, stops early on validation; the
+                                             validation figures that chose (best_epoch, ...)
+    train_baselines(config, runtime, data_dir, vocab_file, baselines_dir, curves_dir)
+                                             -> validation figures (models whose baselines
+                                             are trained: the baseline_<model> stage)
+    evaluate(config, data_dir, vocab_file, model_dir, plots_dir[, baselines_dir])
+                                             -> (metrics dict, [stats.Scores]): the only
+                                             reader of the test split; metrics hold
+                                             `test_overlap` (0) and the per-item scores of
+                                             the model and each baseline
     pyfunc(config, vocab_file, model_dir)    -> kwargs for mlflow.pyfunc.save_model
                                              (a model that reads jieba's words adds a
                                              `jieba` parameter: the `segment` settings)
