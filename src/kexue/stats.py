@@ -91,11 +91,14 @@ def paired_bootstrap(
 
 
 def comparisons(scores: list[Scores], config: BootstrapConfig) -> dict[str, float]:
-    """Flat metrics keys for `dvc metrics show`: `<metric>_vs_<baseline>` (the model minus
-    the baseline) and its interval's `_low` and `_high`."""
+    """Flat metrics keys for `dvc metrics show`: each figure over all items (`<metric>` for
+    the model, `<metric>_<baseline>` for a baseline), each difference `<metric>_vs_<baseline>`
+    (the model minus the baseline) and its interval's `_low` and `_high`."""
     flat = {}
     for score in scores:
+        flat[score.metric] = figure(score.model, score.statistic)
         for name, baseline in score.baselines.items():
+            flat[f"{score.metric}_{name}"] = figure(baseline, score.statistic)
             key = f"{score.metric}_vs_{name}"
             flat[key], flat[f"{key}_low"], flat[f"{key}_high"] = paired_bootstrap(
                 score.model, baseline, config, score.statistic
