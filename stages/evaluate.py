@@ -10,7 +10,9 @@ from _common import bootstrap_config, model_config, run, stage_args
 
 
 def main() -> None:
-    args = stage_args(__doc__, "data", "vocab", "model-dir", "baselines", "metrics", "plots", "items")
+    args = stage_args(
+        __doc__, "data", "vocab", "model-dir", "baselines", "metrics", "plots", "items"
+    )
     all_params, module, config = model_config(args.model)
     bootstrap = bootstrap_config(all_params)
     logged = params.flatten(

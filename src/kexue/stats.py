@@ -92,11 +92,13 @@ def paired_bootstrap(
 
 def comparisons(scores: list[Scores], config: BootstrapConfig) -> dict[str, float]:
     """Flat metrics keys for `dvc metrics show`: each figure over all items (`<metric>` for
-    the model, `<metric>_<baseline>` for a baseline), each difference `<metric>_vs_<baseline>`
-    (the model minus the baseline) and its interval's `_low` and `_high`."""
+    the model, `<metric>_<baseline>` for a baseline), how many items it is over
+    (`<metric>_items`), each difference `<metric>_vs_<baseline>` (the model minus the
+    baseline) and its interval's `_low` and `_high`."""
     flat = {}
     for score in scores:
         flat[score.metric] = figure(score.model, score.statistic)
+        flat[f"{score.metric}_items"] = len(score.model)
         for name, baseline in score.baselines.items():
             flat[f"{score.metric}_{name}"] = figure(baseline, score.statistic)
             key = f"{score.metric}_vs_{name}"
@@ -107,7 +109,7 @@ def comparisons(scores: list[Scores], config: BootstrapConfig) -> dict[str, floa
 
 
 def verdict(low: float, high: float) -> str:
-    """"better", "worse", or "no difference" when the interval holds 0."""
+    """ "better", "worse", or "no difference" when the interval holds 0."""
     if low > 0:
         return "better"
     if high < 0:

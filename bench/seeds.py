@@ -1,0 +1,111 @@
+"""Train each model and its baselines again with other seeds and print the spread of every
+test figure and of every difference to a baseline, over the seeds.
+
+    python bench/seeds.py --models crf attention similarity title dogs --seeds 1 2
+
+The workspace's own seed (`runtime.seed`) counts as one run: its metrics files must be up to
+date (`dvc status` clean for the models' evaluate stages). Each other seed runs `dvc repro
+evaluate_<model> ...` in a fresh clone of HEAD (uncommitted changes are not in it) that
+shares this checkout's DVC cache, so the fetch, prepare and vocab stages are restored, not
+rerun, and only training, baselines and evaluation run again. Writes `metrics/seeds.json`
+(mean, standard deviation, min and max over the seeds: a DVC metric) and
+`metrics/seeds_runs.json` (every run's figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+from pipeline import stages_to_run, timed_repro
+
+from kexue import io
+from kexue.servers import tool_env
+
+INTERVAL_ENDS = ("_low", "_high")
+
+
+def figures(metrics: dict) -> dict[str, float]:
+    """The figures a seed can move: every number but an interval's ends and item counts."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float)
+        and not key.endswith(INTERVAL_ENDS)
+        and not key.endswith("_items")
+    }
+
+
+def run_seed(seed: int, models: list[str], cache_dir: Path) -> dict[str, dict[str, float]]:
+    """{model: figures} of a fresh clone of HEAD trained and evaluated with `seed`."""
+    with tempfile.TemporaryDirectory(prefix=f"kexue-seed-{seed}-") as folder:
+        clone = Path(folder) / "kexue-pipeline"
+        subprocess.run(["git", "clone", "--quiet", str(Path.cwd()), str(clone)], check=True)
+        env = tool_env(
+            {
+                "PYTHONPATH": str(clone / "src"),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlruns.db'}",
+            }
+        )
+        subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=clone, env=env)
+        params_file = clone / "params.yaml"
+        params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+        params["runtime"]["seed"] = seed
+        params_file.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+        total, _ = timed_repro([f"evaluate_{m}" for m in models], clone, env)
+        print(f"seed {seed}: {total / 60:.1f} min", flush=True)
+        return {m: figures(io.read_json(clone / "metrics" / f"{m}.json")) for m in models}
+
+
+def spread(runs: dict[int, dict[str, dict[str, float]]], model: str) -> dict[str, dict]:
+    """{figure: {mean, sd, min, max}} over the seeds' runs of `model`."""
+    keys = set.intersection(*(set(run[model]) for run in runs.values()))
+    summary = {}
+    for key in sorted(keys):
+        values = [run[model][key] for run in runs.values()]
+        summary[key] = {
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, required=True, help="besides runtime.seed")
+    args = parser.parse_args()
+    env = tool_env()
+    stale = stages_to_run([f"evaluate_{m}" for m in args.models], Path.cwd(), env)
+    if stale:
+        raise SystemExit(f"dvc status: {', '.join(stale)} would run; dvc repro them first")
+    own_seed = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["runtime"]["seed"]
+    runs = {own_seed: {m: figures(io.read_json(f"metrics/{m}.json")) for m in args.models}}
+    cache_dir = Path(".dvc/cache").resolve()
+    for seed in (s for s in args.seeds if s != own_seed):
+        runs[seed] = run_seed(seed, args.models, cache_dir)
+    previous = (
+        io.read_json("metrics/seeds_runs.json") if Path("metrics/seeds_runs.json").is_file() else {}
+    )
+    by_model = {**previous, **{m: {str(s): runs[s][m] for s in runs} for m in args.models}}
+    io.write_json("metrics/seeds_runs.json", by_model)
+    summary = {
+        m: spread({int(s): {m: figs} for s, figs in seeds.items()}, m)
+        for m, seeds in by_model.items()
+    }
+    io.write_json("metrics/seeds.json", summary)
+    for model in args.models:
+        print(f"{model} over seeds {sorted(runs)}:")
+        for key, row in summary[model].items():
+            low_high = f"[{row['min']:.4f}, {row['max']:.4f}]"
+            print(f"  {key:40} {row['mean']:9.4f} ± {row['sd']:.4f}  {low_high}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""README's results table, written from the metrics files: never by hand.
+
+    python -m kexue.report            # rewrite the table in README.md
+    python -m kexue.report --check    # exit 1 when README.md differs from what it would write
+
+Reads `metrics/<model>.json` (the evaluate stages: test figures, differences to baselines with
+their paired bootstrap intervals), `metrics/validation/<model>.json` (the train stages: the
+validation figures that chose) and `metrics/seeds.json` / `seeds_runs.json` (bench/seeds.py:
+the same figures over several seeds). A difference is called better or worse only when its
+interval excludes 0 and every seed's difference has the same sign; otherwise the table says
+that no difference was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from kexue import io, models, stats
+
+BEGIN, END = "<!-- results -->", "<!-- /results -->"
+COMPARISON = re.compile(r"^(?P<metric>.+)_vs_(?P<baseline>.+)$")
+
+
+def _read(path: Path) -> dict:
+    return io.read_json(path) if path.is_file() else {}
+
+
+def comparisons(metrics: dict, headline: str) -> list[tuple[str, str]]:
+    """(metric, baseline) of every `<metric>_vs_<baseline>` figure, the headline's first."""
+    found = []
+    for key in metrics:
+        match = COMPARISON.match(key)
+        if match and not key.endswith(("_low", "_high")) and f"{key}_low" in metrics:
+            found.append((match["metric"], match["baseline"]))
+    return sorted(found, key=lambda pair: (pair[0] != headline, pair))
+
+
+def verdict(low: float, high: float, seed_differences: list[float]) -> str:
+    """What may be said of one difference: a claim needs the interval and the seeds."""
+    interval = stats.verdict(low, high)
+    if interval == "no difference":
+        return "no difference measured"
+    if len(seed_differences) < 2:
+        return f"{interval} on this test set (interval); seeds not run"
+    if all((d > 0) == (interval == "better") and d != 0 for d in seed_differences):
+        return f"**{interval}** (interval and {len(seed_differences)} seeds agree)"
+    return "no difference measured (the seeds disagree)"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+
+
+def _seeds_cell(summary: dict, key: str) -> str:
+    row = summary.get(key)
+    return "-" if row is None else f"{row['mean']:.4g} ± {row['sd']:.2g}"
+
+
+def model_rows(root: Path, name: str) -> list[str]:
+    metrics = _read(root / "metrics" / f"{name}.json")
+    if not metrics:
+        return [f"| {name} | not evaluated yet | | | | | |"]
+    validation = _read(root / "metrics" / "validation" / f"{name}.json")
+    seeds = _read(root / "metrics" / "seeds.json").get(name, {})
+    runs = _read(root / "metrics" / "seeds_runs.json").get(name, {})
+    headline = models.load(name).SCORE
+    chosen = (
+        f"epoch {validation['best_epoch']:.0f} (val loss {validation['best_val_loss']:.4g})"
+        if {"best_epoch", "best_val_loss"} <= set(validation)
+        else "-"
+    )
+    rows = []
+    for metric, baseline in comparisons(metrics, headline):
+        key = f"{metric}_vs_{baseline}"
+        items = metrics.get(f"{metric}_items")
+        differences = [run[key] for run in runs.values() if key in run]
+        low, high = metrics[f"{key}_low"], metrics[f"{key}_high"]
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    f"{metric} ({_number(items)} items)" if items else metric,
+                    f"{_number(metrics.get(metric))} ({_seeds_cell(seeds, metric)})",
+                    f"{baseline}: {_number(metrics.get(f'{metric}_{baseline}'))}",
+                    f"{metrics[key]:+.4f} [{low:+.4f}, {high:+.4f}] ({_seeds_cell(seeds, key)})",
+                    verdict(low, high, differences),
+                    chosen if metric == headline else "",
+                ]
+            )
+            + " |"
+        )
+    return rows
+
+
+def table(root: Path) -> str:
+    header = [
+        "| model | test metric | model (mean ± sd over seeds) | baseline | model - baseline, "
+        "95% paired bootstrap interval (over seeds) | verdict | chosen on validation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [row for name in models.MODELS for row in model_rows(root, name)]
+    return "\n".join(header + rows)
+
+
+def rewrite(readme: str, body: str) -> str:
+    """`readme` with the text between the results markers replaced by `body`."""
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"README.md: expected the markers {BEGIN} and {END}")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    parser.add_argument("--root", type=Path, default=Path("."), help="the project folder")
+    args = parser.parse_args()
+    readme_path = args.root / "README.md"
+    readme = readme_path.read_text(encoding="utf-8")
+    updated = rewrite(readme, table(args.root))
+    if args.check:
+        if updated != readme:
+            sys.exit("README.md: the results table differs from `python -m kexue.report`")
+        return
+    io.write_text(readme_path, updated)
+
+
+if __name__ == "__main__":
+    main()

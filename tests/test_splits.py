@@ -1,0 +1,49 @@
+"""The one split protocol: train / validation / test by group, seeded, without overlap."""
+
+import pytest
+
+from kexue import splits
+from kexue.errors import DataError
+
+CONFIG = splits.SplitConfig(validation_fraction=0.2, test_fraction=0.2, split_seed=5)
+
+
+def items(n_groups: int, per_group: int = 3) -> list[tuple[int, str]]:
+    return [(g, f"text {g}.{i}") for g in range(n_groups) for i in range(per_group)]
+
+
+def test_groups_stay_on_one_side_and_every_item_lands_once():
+    data = items(20)
+    parts = splits.split_groups(data, lambda item: item[0], CONFIG, "corpus.txt")
+    groups = {name: {g for g, _ in part} for name, part in parts.items()}
+    assert not groups["train"] & groups["validation"]
+    assert not groups["train"] & groups["test"]
+    assert not groups["validation"] & groups["test"]
+    assert sorted(sum(parts.values(), [])) == sorted(data)
+    assert (len(groups["test"]), len(groups["validation"]), len(groups["train"])) == (4, 4, 12)
+
+
+def test_the_same_seed_gives_the_same_split_and_another_seed_another():
+    data = items(30)
+    first = splits.split_groups(data, lambda item: item[0], CONFIG, "x")
+    assert first == splits.split_groups(data, lambda item: item[0], CONFIG, "x")
+    other = splits.SplitConfig(0.2, 0.2, split_seed=6)
+    assert first != splits.split_groups(data, lambda item: item[0], other, "x")
+
+
+def test_too_few_groups_is_a_one_line_error_naming_the_data():
+    with pytest.raises(DataError, match="corpus.txt: 2 groups cannot give 1 to test, 1 to"):
+        splits.split_groups(items(2), lambda item: item[0], CONFIG, "corpus.txt")
+
+
+def test_held_out_items_seen_earlier_are_dropped():
+    parts = {
+        "train": ["a", "b"],
+        "validation": ["b", "c", "d"],
+        "test": ["a", "c", "e", "e"],
+    }
+    kept, dropped = splits.drop_overlap(parts, key=str.upper)
+    assert kept == {"train": ["a", "b"], "validation": ["c", "d"], "test": ["e", "e"]}
+    assert dropped == {"validation_overlap_dropped": 1, "test_overlap_dropped": 2}
+    assert splits.overlap(kept["test"], kept["train"] + kept["validation"]) == 0
+    assert splits.overlap(parts["test"], parts["train"]) == 1
