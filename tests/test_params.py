@@ -70,3 +70,19 @@ def test_project_params_parse_for_both_profiles():
         loaded["profile"] = profile
         config = params.parse(crf.Config, params.block(loaded, "crf"), "crf")
         assert config.train.epochs > 0
+
+
+def test_numbers_as_dvc_writes_them_parse(tmp_path):
+    """`dvc exp run -S` writes params through DVC's own YAML writer: 1e-5 becomes `1e-05`,
+    which PyYAML alone reads as a string; .5 and null must survive too."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("crf:\n  train: {epochs: 3, learning_rate: 0.001, max_sentences: 9}\n")
+    with modify_yaml(path) as data:
+        data["crf"]["train"].update(learning_rate=1e-5, max_sentences=None)
+    assert "1e-05" in path.read_text()
+    loaded = params.load(path)["crf"]["train"]
+    assert params.parse(Train, loaded, "crf.train") == Train(3, 1e-5, None)
+    path.write_text("a: [1e-5, .5, -2.5E+3, 1e5, 12, '1e-05', 1_000]\n")
+    assert params.load(path)["a"] == [1e-5, 0.5, -2500.0, 1e5, 12, "1e-05", 1000]

@@ -68,6 +68,25 @@ def test_exp_run_in_a_temp_workspace_logs_to_the_project_store(repo):
     assert not list((repo / ".dvc" / "tmp").rglob("mlruns.db"))
 
 
+def test_exp_run_with_numbers_in_dvcs_own_formats(repo):
+    # DVC writes 1e-5 as `1e-05` and .5 as `0.5`; both must parse as floats, null as None.
+    run(
+        repo,
+        *("dvc", "exp", "run", "--temp", "-S", "crf.train.learning_rate=1e-5"),
+        *("-S", "crf.model.dropout=.5", "-S", "crf.train.max_sentences=null", "train_crf"),
+    )
+    with sqlite3.connect(repo / "mlruns.db") as db:
+        logged = dict(
+            db.execute(
+                "select key, value from params where run_uuid = (select run_uuid from runs "
+                "where name = 'train_crf' order by start_time desc limit 1)"
+            ).fetchall()
+        )
+    assert float(logged["crf.train.learning_rate"]) == 1e-5
+    assert float(logged["crf.model.dropout"]) == 0.5
+    assert logged["crf.train.max_sentences"] == "None"
+
+
 ATTENTION_BRANCH = [
     "prepare_attention",
     "vocab@attention",
