@@ -143,7 +143,8 @@ def test_database_stopped_mid_export_fails_the_stage_in_one_line_registering_not
     registers a champion."""
     registered = "kexue-crf-stopped"
     set_params(repo, {"crf.registered_name": registered})  # a registry of its own
-    env = {**ENV, "MLFLOW_TRACKING_URI": server.url}
+    # MLflow's own retries would ride out the outage for minutes: a user's knob, set to none.
+    env = {**ENV, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     known = set(server.runs())
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     stage = subprocess.Popen(
@@ -180,3 +181,27 @@ def test_database_stopped_mid_export_fails_the_stage_in_one_line_registering_not
     assert stages_run(result.stdout) == ["export_crf"]
     champion = server.get("registered-models/alias", name=registered, alias="champion")
     assert champion["model_version"]["version"] == "1"
+
+
+def test_a_large_model_uploads_whole_through_the_artifact_proxy(server, tmp_path, monkeypatch):
+    """The quick reachability check must not leave its short timeout and no-retry policy on
+    the client: a model of many megabytes goes up through the proxy and comes back whole."""
+    import hashlib
+
+    import mlflow
+
+    from kexue import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    weights = tmp_path / "model" / "weights.bin"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(64 << 20))
+    with tracking.stage_run("upload", "export", {"size": "64 MiB"}, data_hash="x") as active:
+        assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+        assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+        tracking.log_artifact(weights, "model")
+    uri = f"{mlflow.get_run(active.info.run_id).info.artifact_uri}/model/weights.bin"
+    arrived = server.download(uri)
+    assert hashlib.sha256(arrived).digest() == hashlib.sha256(weights.read_bytes()).digest()

@@ -37,27 +37,37 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns.db'}"
 
 
-def _is_local_store(uri: str) -> bool:
-    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-
-
 def connect() -> Any:
-    """Point MLflow at the store and check it answers, so a stage fails before training."""
+    """Point MLflow at the store and check it answers, so a stage fails before training.
+
+    A server is asked once, with a short timeout and no retries, by a request of our own:
+    MLflow's client settings stay its defaults (minutes of timeouts and retries), which the
+    uploads and downloads of large models through a remote server need."""
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if not _is_local_store(uri):
-        # One quick attempt instead of MLflow's minutes of retries against a dead server.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        mlflow.search_experiments(max_results=1)
+        if uri.startswith(("http://", "https://")):
+            _quick_check(uri)
+        else:
+            mlflow.search_experiments(max_results=1)
     except Exception as err:  # any transport or store failure means the same to the user
         raise TrackingError(
             f"MLflow tracking store {_redact(uri)} is not reachable: {_reason(uri, err)}"
         ) from None
     return mlflow
+
+
+QUICK_CHECK_SECONDS = 10
+
+
+def _quick_check(uri: str) -> None:
+    """One search request to the server; raises on no answer or an error answer."""
+    import requests
+
+    search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    requests.get(search, timeout=QUICK_CHECK_SECONDS).raise_for_status()
 
 
 @contextlib.contextmanager
@@ -87,7 +97,7 @@ def _server_error(uri: str) -> str | None:
 
     try:
         search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
-        answer = requests.get(search, timeout=10)
+        answer = requests.get(search, timeout=QUICK_CHECK_SECONDS)
     except requests.RequestException as err:
         return str(err)
     if answer.ok:
