@@ -39,3 +39,11 @@ def test_help_lists_every_verb(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "segment" in capsys.readouterr().out
+
+
+def test_default_model_is_the_champion_under_the_name_params_registers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.champion("crf") == "models:/kexue-crf@champion"  # outside a project
+    (tmp_path / "params.yaml").write_text("crf:\n  registered_name: my-segmenter\n")
+    assert cli.champion("crf") == "models:/my-segmenter@champion"
+    assert cli.champion("title") == "models:/kexue-title@champion"  # a project without it

@@ -5,7 +5,7 @@ echo "今天天气不错" | kexue segment   # one text per input line
 kexue title "床前明月光，疑是地上霜。"   # a title for each text (seq2seq, beam search)
 kexue similar "人类" --top 5          # the known phrases nearest in meaning, with cosines
 kexue sentiment "质量很好，推荐"        # probability that a review is positive, and the label
-kexue ode 10 20 40 --x1 120           # both populations at these times (the fitted ODE)
+kexue ode 10 20 40 --x1 120           # both populations at these times (the fitted "ode")
 kexue digits seven.png pair.png       # the digit in each image, and the two best classes
 kexue classify photo.jpg --top 3      # each image's best classes and probabilities (fine-tuned CNN)
 kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
@@ -18,17 +18,21 @@ import sys
 
 import pandas as pd
 
+from kexue import params as project_params
 from kexue import tracking
 from kexue.errors import KexueError
 
-SEGMENTER = "kexue-crf"
-TITLER = "kexue-title"
-SIMILARITY = "kexue-similarity"
-SENTIMENT = "kexue-attention"
-ODE = "kexue-ode"
-DIGITS = "kexue-capsule"
-IMAGES = "kexue-dogs"
-POET = "kexue-poet"
+
+def champion(model: str) -> str:
+    """The champion's URI under the name params.yaml registers `model` by
+    (`<model>.registered_name` of the project the command runs in; `kexue-<model>` outside
+    one), so a project that renames its models still finds them."""
+    name = f"kexue-{model}"
+    path = tracking.project_root() / "params.yaml"
+    loaded = project_params.load(path) if path.is_file() else {}
+    if isinstance(loaded.get(model), dict):
+        name = project_params.block(loaded, model).get("registered_name", name)
+    return tracking.champion_uri(name)
 
 
 def _load(model_uri: str):
@@ -52,7 +56,7 @@ def segment(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or tracking.champion_uri(SEGMENTER))
+    model = _load(args.model or champion("crf"))
     for words in model.predict(pd.DataFrame({"text": texts}))["words"]:
         print(" ".join(words))
 
@@ -61,7 +65,7 @@ def title(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or tracking.champion_uri(TITLER))
+    model = _load(args.model or champion("title"))
     params = {} if args.beam_width is None else {"beam_width": args.beam_width}
     for generated in _predict(model, pd.DataFrame({"text": texts}), params)["title"]:
         print(generated)
@@ -78,7 +82,7 @@ def similar(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or tracking.champion_uri(SIMILARITY))
+    model = _load(args.model or champion("similarity"))
     params = {} if args.top is None else {"top_k": args.top}
     found = _predict(model, pd.DataFrame({"query": texts}), params)
     for i, (text, phrases, scores) in enumerate(
@@ -94,7 +98,7 @@ def sentiment(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or tracking.champion_uri(SENTIMENT))
+    model = _load(args.model or champion("attention"))
     for positive in _predict(model, pd.DataFrame({"text": texts}), {})["positive"]:
         print(f"{positive:.4f}\t{'positive' if positive >= 0.5 else 'negative'}")
 
@@ -109,7 +113,7 @@ def ode(args: argparse.Namespace) -> None:
             times.append(float(text))
         except ValueError:
             raise KexueError(f"a time must be a number, got {text!r}") from None
-    model = _load(args.model or tracking.champion_uri(ODE))
+    model = _load(args.model or champion("ode"))
     start = {name: value for name, value in (("x1", args.x1), ("x2", args.x2)) if value is not None}
     print("t\tx1\tx2")
     for row in _predict(model, pd.DataFrame({"t": times}), start).itertuples(index=False):
@@ -127,19 +131,19 @@ def _read_images(paths: list[str]) -> list[bytes]:
     return images
 
 
-def _predict_images(args: argparse.Namespace, registered: str, params: dict):
+def _predict_images(args: argparse.Namespace, model_name: str, params: dict):
     """(paths, predictions) of the image files named on the command line or stdin."""
     paths = _texts(args)
     if not paths:
         return [], None
     images = _read_images(paths)
-    model = _load(args.model or tracking.champion_uri(registered))
+    model = _load(args.model or champion(model_name))
     return paths, _predict(model, pd.DataFrame({"image": images}), params)
 
 
 def classify(args: argparse.Namespace) -> None:
     params = {} if args.top is None else {"top_k": args.top}
-    paths, found = _predict_images(args, IMAGES, params)
+    paths, found = _predict_images(args, "dogs", params)
     if not paths:
         return
     for path, classes, probabilities in zip(
@@ -150,7 +154,7 @@ def classify(args: argparse.Namespace) -> None:
 
 
 def digits(args: argparse.Namespace) -> None:
-    paths, found = _predict_images(args, DIGITS, {})
+    paths, found = _predict_images(args, "capsule", {})
     if not paths:
         return
     for path, digit, top2 in zip(paths, found["digit"], found["top2"], strict=True):
@@ -163,7 +167,7 @@ def poem(args: argparse.Namespace) -> None:
     for name in ("temperature", "seed"):
         if getattr(args, name) is not None:
             request[name] = [getattr(args, name)]
-    model = _load(args.model or tracking.champion_uri(POET))
+    model = _load(args.model or champion("poet"))
     for couplet in _predict(model, pd.DataFrame(request), {})["poems"][0]:
         print(convert(couplet) if convert else couplet)
 
@@ -184,22 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    _add_verb(verbs, segment, "cut Chinese text into words (CNN + CRF)", "segment", SEGMENTER)
+    _add_verb(verbs, segment, "cut Chinese text into words (CNN + CRF)", "segment", "crf")
     tit = _add_verb(
-        verbs, title, "write a title for a text (seq2seq + beam search)", "title", TITLER
+        verbs, title, "write a title for a text (seq2seq + beam search)", "title", "title"
     )
     tit.add_argument("--beam-width", type=int, help="beams to keep (default: the model's)")
     sim = _add_verb(
-        verbs, similar, "known phrases nearest in meaning (GRU + AM-Softmax)", "look up", SIMILARITY
+        verbs,
+        similar,
+        "known phrases nearest in meaning (GRU + AM-Softmax)",
+        "look up",
+        "similarity",
     )
     sim.add_argument("--top", type=int, help="phrases to print (default: the model's top_k)")
-    _add_verb(verbs, sentiment, "is a review positive? (self-attention)", "classify", SENTIMENT)
+    _add_verb(verbs, sentiment, "is a review positive? (self-attention)", "classify", "attention")
     populations = _add_verb(
         verbs,
         ode,
         "both species' populations at ascending times (RNN as ODE solver)",
         "solve at",
-        ODE,
+        "ode",
     )
     for species in ("x1", "x2"):
         populations.add_argument(
@@ -207,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             help=f"{species} at the first observation (default: observed)",
         )
-    _add_verb(verbs, digits, "which digit is in each image (capsule network)", "read", DIGITS)
+    _add_verb(verbs, digits, "which digit is in each image (capsule network)", "read", "capsule")
     images = _add_verb(
-        verbs, classify, "the best classes of each image (fine-tuned CNN)", "classify", IMAGES
+        verbs, classify, "the best classes of each image (fine-tuned CNN)", "classify", "dogs"
     )
     images.add_argument("--top", type=int, help="classes to print (default: the model's top_k)")
     poems = verbs.add_parser(poem.__name__, help="new couplets from random codes (CNN + VAE)")
@@ -224,20 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     poems.add_argument(
         "--simplified", action="store_true", help="show simplified characters (needs OpenCC)"
     )
-    poems.add_argument(
-        "--model", help=f"model URI or folder (default: {tracking.champion_uri(POET)})"
-    )
+    poems.add_argument("--model", help=f"model URI or folder (default: {champion('poet')})")
     poems.set_defaults(run=poem)
     return parser
 
 
-def _add_verb(verbs, run, help: str, action: str, registered_name: str):
+def _add_verb(verbs, run, help: str, action: str, model_name: str):
     """A verb that runs a registered model on texts from the command line or stdin."""
     verb = verbs.add_parser(run.__name__, help=help)
     verb.add_argument("text", nargs="*", help=f"texts to {action}; read from stdin when absent")
     verb.add_argument(
         "--model",
-        help=f"model URI or folder (default: {tracking.champion_uri(registered_name)})",
+        help=f"model URI or folder (default: {champion(model_name)})",
     )
     verb.set_defaults(run=run)
     return verb
