@@ -56,6 +56,12 @@ def _number(value: float | None) -> str:
     return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
 
 
+def _items_cell(items: float | None, overlap: float | None) -> str:
+    """How many test items, and how many of them training or validation also holds."""
+    seen = "overlap not measured" if overlap is None else f"{overlap:.0f} seen in training"
+    return f"{_number(items)} items, {seen}"
+
+
 def _seeds_cell(summary: dict, key: str) -> str:
     row = summary.get(key)
     return "-" if row is None else f"{row['mean']:.4g} ± {row['sd']:.2g}"
@@ -85,7 +91,7 @@ def model_rows(root: Path, name: str) -> list[str]:
             + " | ".join(
                 [
                     name,
-                    f"{metric} ({_number(items)} items)" if items else metric,
+                    f"{metric} ({_items_cell(items, metrics.get('test_overlap'))})",
                     f"{_number(metrics.get(metric))} ({_seeds_cell(seeds, metric)})",
                     f"{baseline}: {_number(metrics.get(f'{metric}_{baseline}'))}",
                     f"{metrics[key]:+.4f} [{low:+.4f}, {high:+.4f}] ({_seeds_cell(seeds, key)})",
