@@ -72,6 +72,7 @@ ATTENTION_BRANCH = [
     "prepare_attention",
     "vocab@attention",
     "train_attention",
+    "baseline_attention",
     "evaluate_attention",
     "export_attention",
 ]
