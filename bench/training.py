@@ -168,7 +168,8 @@ def similarity_batches(config, data_dir: Path, vocab_file: Path, batch: int, see
     vocab = Vocabulary.load(vocab_file)
     members = similarity.read_members(data_dir / "train.tsv")
     chars = [vocab.encode(m.text) for m in members]
-    groups = similarity.class_ids(members)
+    index = similarity.group_index(members)
+    groups = np.array([index[m.group] for m in members], dtype=np.int32)
     return lambda: epochs_of_batches(
         len(chars), batch, seed, lambda rows: (padded([chars[i] for i in rows]), groups[rows])
     )

@@ -1,5 +1,6 @@
 """The self-attention sentiment classifier end to end on tiny review files: dedup before the
-split, training, evaluation with both baselines, the pyfunc on raw text, the CLI."""
+split, no held-out review seen in training, training with early stopping, both baselines in
+their own stage, evaluation item by item, the pyfunc on raw text, the CLI."""
 
 import dataclasses
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime, train_tiny
 
-from kexue import cli, params, tracking
+from kexue import cli, params, stats, tracking
 from kexue.errors import DataError
 from kexue.models import attention
 from kexue.text.segmentation import JiebaSettings
@@ -29,11 +30,11 @@ def tiny_config(**data) -> attention.Config:
     )
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, test_fraction=0.25, **data),
+        data=dataclasses.replace(config.data, validation_fraction=0.25, test_fraction=0.25, **data),
         vocab=dataclasses.replace(config.vocab, min_count=1),
         model=dataclasses.replace(config.model, embedding_dim=8, heads=2, size_per_head=4),
         train=dataclasses.replace(
-            config.train, epochs=30, batch_size=4, learning_rate=0.05, validation_fraction=0.1
+            config.train, epochs=30, patience=30, batch_size=4, learning_rate=0.05
         ),
     )
 
@@ -42,7 +43,21 @@ def tiny_config(**data) -> attention.Config:
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("attention")
     corpora = [write(root / "pos.txt", POSITIVE * 4), write(root / "neg.txt", NEGATIVE * 4)]
-    return train_tiny(attention, tiny_config(), corpora, root)
+    trained = train_tiny(attention, tiny_config(), corpora, root)
+    trained["baselines"] = root / "baselines"
+    # Baselines need only exist here: a shorter budget keeps the test quick.
+    short = dataclasses.replace(
+        trained["config"], train=dataclasses.replace(trained["config"].train, epochs=5)
+    )
+    trained["baseline_summary"] = attention.train_baselines(
+        short,
+        tiny_runtime(root),
+        trained["data"],
+        trained["vocab"],
+        trained["baselines"],
+        root / "baseline_curves",
+    )
+    return trained
 
 
 def test_prepare_deduplicates_before_the_split(tmp_path):
@@ -51,13 +66,31 @@ def test_prepare_deduplicates_before_the_split(tmp_path):
     neg = write(tmp_path / "neg.txt", ["很 差", "一般", "很差", "太 差"])
     counts = attention.prepare(tiny_config(), [pos, neg], tmp_path / "out")
     assert counts == {
-        "lines": 9, "empty": 1, "duplicates": 2, "conflicting": 1, "train": 3, "test": 1
+        "lines": 9, "empty": 1, "duplicates": 2, "conflicting": 1,
+        "train": 2, "validation": 1, "test": 1,
+        "validation_overlap_dropped": 0, "test_overlap_dropped": 0,
     }  # fmt: skip
-    train = attention.read_reviews(tmp_path / "out" / "train.tsv")
-    test = attention.read_reviews(tmp_path / "out" / "test.tsv")
-    texts = ["".join(r.words) for r in train + test]
-    assert sorted(texts) == sorted(["很好", "好啊", "很差", "太差"])
-    assert not {"".join(r.words) for r in train} & {"".join(r.words) for r in test}
+    sides = {
+        side: {"".join(r.words) for r in attention.read_reviews(tmp_path / "out" / f"{side}.tsv")}
+        for side in ("train", "validation", "test")
+    }
+    assert sorted(set.union(*sides.values())) == sorted(["很好", "好啊", "很差", "太差"])
+
+
+def test_no_held_out_review_is_seen_in_training_whatever_jieba_cut(tiny):
+    # The tiny corpus repeats each review 4 times: one review, one side.
+    sides = {
+        side: [
+            attention.review_key(r) for r in attention.read_reviews(tiny["data"] / f"{side}.tsv")
+        ]
+        for side in ("train", "validation", "test")
+    }
+    assert all(len(keys) == len(set(keys)) for keys in sides.values())
+    assert not set(sides["test"]) & (set(sides["train"]) | set(sides["validation"]))
+    assert not set(sides["validation"]) & set(sides["train"])
+    assert {side: len(keys) for side, keys in sides.items()} == {
+        "train": 6, "validation": 3, "test": 3
+    }  # fmt: skip
 
 
 def test_a_bad_line_names_file_and_line(tmp_path):
@@ -72,23 +105,35 @@ def test_training_learns_the_tiny_reviews(tiny):
     )
     positive, negative = classifier.positive([["很", "好"], ["很", "差"]])
     assert positive > 0.8 and negative < 0.2
-    assert tiny["counts"]["duplicates"] == 36 and tiny["counts"]["test"] == 3
+    assert tiny["counts"]["duplicates"] == 36
+    assert tiny["summary"]["train_reviews"] == 6 and tiny["summary"]["validation_reviews"] == 3
+    assert 1 <= tiny["summary"]["best_epoch"] <= 30 and "best_val_loss" in tiny["summary"]
 
 
-def test_evaluate_reports_model_and_both_baselines(tiny, tmp_path):
-    metrics = attention.evaluate(
+def test_baselines_train_like_the_model_in_their_own_folder(tiny):
+    summary = tiny["baseline_summary"]
+    for kind in ("no_position", "bag_of_embeddings"):
+        assert (tiny["baselines"] / f"{kind}.keras").is_file()
+        assert (tiny["root"] / "baseline_curves" / f"{kind}.csv").is_file()
+        assert {f"{kind}_best_epoch", f"{kind}_best_val_loss"} <= set(summary)
+
+
+def test_evaluate_scores_each_review_for_the_model_and_both_baselines(tiny, tmp_path):
+    metrics, scores = attention.evaluate(
         tiny["config"],
         tiny["data"],
         tiny["vocab"],
         tiny["model_dir"],
         tmp_path / "plots",
-        tiny_runtime(tmp_path),
+        tiny["baselines"],
     )
-    assert {"acc", "acc_no_pos", "acc_bow"} <= set(metrics)
-    assert metrics["acc"] == 1.0 and metrics["test_reviews"] == 3
+    assert metrics["test_overlap"] == 0 and metrics["test_reviews"] == 3
+    [acc] = scores
+    assert acc.metric == attention.SCORE and set(acc.baselines) == {"no_pos", "bow"}
+    assert all(len(v) == 3 for v in (acc.model, *acc.baselines.values()))
+    assert stats.figure(acc.model) == 1.0
     confusion = (tmp_path / "plots" / "confusion.json").read_text()
     assert '"actual"' in confusion and '"predicted"' in confusion
-    assert (tmp_path / "plots" / "bag_of_embeddings_train.csv").is_file()
 
 
 @pytest.fixture

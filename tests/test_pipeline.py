@@ -91,6 +91,7 @@ ATTENTION_BRANCH = [
     "prepare_attention",
     "vocab@attention",
     "train_attention",
+    "baseline_attention",
     "evaluate_attention",
     "export_attention",
 ]

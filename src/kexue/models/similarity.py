@@ -6,18 +6,20 @@ classifier over groups of texts that mean the same (each group a class) with AM-
 of their vectors is high, also for texts and groups never seen in training. The post used
 private groups of similar questions; here the synonym groups of HIT Tongyici Cilin.
 
-Evaluation is retrieval. One member of every group with 3+ members is held out (prepare).
-Each held-out member is a query; the gallery is every distinct training phrase. A query is a
-hit at k when one of its k nearest gallery phrases by cosine (its own text excluded, since a
-phrase can be a training member of another group) is a training member of the query's group.
-The same encoder trained with a plain softmax classifier on the same split is the baseline.
+Evaluation is retrieval. Groups with 3+ members lend one member each to validation or to
+test (prepare), chosen among the members no other group lists, so a held-out text is in no
+training group. Each held-out member is a query; the gallery is every distinct training
+phrase. A query is a hit at k when one of its k nearest gallery phrases by cosine is a
+training member of the query's group. Validation queries stop the training and choose the
+scale `s`; test queries are read only by evaluate. The baseline (baseline_similarity) is the
+same encoder trained with a plain softmax classifier on the same splits and budget.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data.cilin import SynonymGroup, read_cilin
 from kexue.errors import DataError
 from kexue.layers.margin import AMSoftmax, AMSoftmaxLoss
@@ -49,7 +51,9 @@ Head = Literal["am_softmax", "softmax"]
 @dataclass(frozen=True)
 class DataConfig:
     max_groups: int | None
-    min_group_for_test: int
+    min_group_to_hold_out: int  # groups this large lend one member to validation or test
+    validation_fraction: float  # of those groups
+    test_fraction: float
     split_seed: int
 
 
@@ -73,7 +77,8 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int
+    epochs: int  # the most; training stops early on the validation loss
+    patience: int  # epochs without a lower validation loss before stopping
     batch_size: int
     learning_rate: float
 
@@ -115,37 +120,62 @@ class Member:
     text: str
 
 
-def split_groups(groups: list[SynonymGroup], data: DataConfig) -> tuple[list[Member], list[Member]]:
-    """(train, test): one seeded member of every group with min_group_for_test+ members is
-    held out; every other member trains."""
+def split_members(
+    groups: list[SynonymGroup], data: DataConfig
+) -> tuple[dict[str, list[Member]], dict[str, int]]:
+    """({"train", "validation", "test"}: members, overlap dropped): seeded fractions of the
+    groups of min_group_to_hold_out+ members lend one seeded member each to validation or
+    test, chosen among the members of no other group; every other member trains."""
     rng = random.Random(data.split_seed)
     if data.max_groups is not None and data.max_groups < len(groups):
         groups = sorted(rng.sample(groups, data.max_groups), key=lambda g: g.code)
-    train, test = [], []
+    groups_of = Counter(text for group in groups for text in group.members)
+    lenders = [
+        group
+        for group in groups
+        if len(group.members) >= data.min_group_to_hold_out
+        and any(groups_of[text] == 1 for text in group.members)
+    ]
+    config = splits.SplitConfig(data.validation_fraction, data.test_fraction, data.split_seed)
+    side_of = {
+        group.code: side
+        for side, side_groups in splits.split_groups(
+            lenders, lambda g: g.code, config, "similarity groups"
+        ).items()
+        for group in side_groups
+    }
+    members: dict[str, list[Member]] = {side: [] for side in splits.SPLITS}
     for group in groups:
-        held_out = (
-            rng.randrange(len(group.members))
-            if len(group.members) >= data.min_group_for_test
-            else None
-        )
+        side = side_of.get(group.code, "train")
+        own = [i for i, text in enumerate(group.members) if groups_of[text] == 1]
+        held_out = rng.choice(own) if side != "train" else None
         for i, text in enumerate(group.members):
-            (test if i == held_out else train).append(Member(group.code, text))
-    return train, test
+            members[side if i == held_out else "train"].append(Member(group.code, text))
+    # A held-out text is in no other group: nothing is dropped, but the protocol checks.
+    return splits.drop_overlap(members, member_text)
+
+
+def member_text(member: Member) -> str:
+    """A member as retrieval sees it: its text (the gallery holds texts, not members)."""
+    return member.text
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """Fixed train/test members (group<TAB>phrase lines) and every known phrase."""
+    """Fixed train / validation / test members (group<TAB>phrase lines) and every known
+    phrase (served with the model)."""
     groups = [group for corpus in corpora for group in read_cilin(corpus)]
-    train, test = split_groups(groups, config.data)
-    write_members(out_dir / "train.tsv", train)
-    write_members(out_dir / "test.tsv", test)
+    members, dropped = split_members(groups, config.data)
+    for side, side_members in members.items():
+        write_members(out_dir / f"{side}.tsv", side_members)
     phrases = list(dict.fromkeys(text for group in groups for text in group.members))
     io.write_lines(out_dir / PHRASES_FILE, phrases)
     return {
-        "groups": len({m.group for m in train}),
-        "train_members": len(train),
-        "test_members": len(test),
+        "groups": len({m.group for m in members["train"]}),
+        "train_members": len(members["train"]),
+        "validation_members": len(members["validation"]),
+        "test_members": len(members["test"]),
         "known_phrases": len(phrases),
+        **dropped,
     }
 
 
@@ -176,9 +206,27 @@ def char_ids(texts: list[str], vocab: Vocabulary) -> np.ndarray:
     return ids
 
 
-def class_ids(members: list[Member]) -> np.ndarray:
-    index = {group: i for i, group in enumerate(sorted({m.group for m in members}))}
-    return np.array([index[m.group] for m in members], dtype=np.int32)
+def group_index(train: list[Member]) -> dict[str, int]:
+    """Each training group's class id; held-out members take their group's."""
+    return {group: i for i, group in enumerate(sorted({m.group for m in train}))}
+
+
+def make_dataset(
+    members: list[Member], vocab: Vocabulary, index: dict[str, int], batch: int, seed: int | None
+) -> tf.data.Dataset:
+    """Batches of (character ids, class id), shuffled with `seed` (None: in file order).
+
+    Each batch is padded to its own longest phrase, not the corpus' longest: the GRU runs as
+    many steps as the batch is wide (masked or not), and most phrases are 2 characters.
+    """
+    chars = tf.ragged.constant([vocab.encode(m.text) for m in members], dtype=tf.int32)
+    classes = np.array([index[m.group] for m in members], dtype=np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((chars, classes)).map(
+        lambda text, group: (text, group)  # rank-0 ragged slices -> plain tensors
+    )
+    if seed is not None:
+        dataset = dataset.shuffle(len(members), seed=seed, reshuffle_each_iteration=True)
+    return dataset.padded_batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 # -- model --------------------------------------------------------------------------------
@@ -214,35 +262,49 @@ def fit_classifier(
     config: Config,
     strategy: tf.distribute.Strategy,
     seed: int,
-    members: list[Member],
+    members: dict[str, list[Member]],
     vocab: Vocabulary,
     curves_file: Path,
     backup_dir: Path,
-) -> keras.Model:
-    """Train encoder + head on the members' groups; per-epoch loss/accuracy to curves_file."""
+) -> tuple[keras.Model, dict[str, float]]:
+    """(encoder + head, the validation figures of its best epoch): trained on the training
+    members' groups until the loss on the validation members stops falling."""
+    keras.utils.set_random_seed(seed)
     batch = training.global_batch_size(config.train.batch_size, strategy)
-    chars = tf.ragged.constant([vocab.encode(m.text) for m in members], dtype=tf.int32)
-    examples = tf.data.Dataset.from_tensor_slices((chars, class_ids(members))).map(
-        lambda text, group: (text, group)  # rank-0 ragged slices -> plain tensors
-    )
-    # Each batch padded to its own longest phrase, not the corpus' longest: the GRU runs
-    # as many steps as the batch is wide (masked or not), and most phrases are 2 characters.
-    dataset = (
-        examples.shuffle(len(members), seed=seed, reshuffle_each_iteration=True)
-        .padded_batch(batch)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    num_classes = len({m.group for m in members})
+    index = group_index(members["train"])
     with strategy.scope():
-        model, loss = build_classifier(len(vocab), num_classes, config, head)
+        model, loss = build_classifier(len(vocab), len(index), config, head)
         model.compile(
             optimizer=keras.optimizers.Adam(config.train.learning_rate),
             loss=loss,
             # The argmax of the cosines is the predicted group, as for logits.
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    training.fit(model, dataset, None, config.train.epochs, curves_file, backup_dir)
-    return model
+    history = training.fit(
+        model,
+        make_dataset(members["train"], vocab, index, batch, seed),
+        make_dataset(members["validation"], vocab, index, batch, None),
+        config.train.epochs,
+        curves_file,
+        backup_dir,
+        patience=config.train.patience,
+    )
+    return model, training.best_epoch(history)
+
+
+def read_training_splits(data_dir: Path) -> dict[str, list[Member]]:
+    return {side: read_members(data_dir / f"{side}.tsv") for side in ("train", "validation")}
+
+
+def validation_retrieval(
+    config: Config, model: keras.Model, vocab: Vocabulary, members: dict[str, list[Member]]
+) -> dict[str, float]:
+    """`val_top<k>`: retrieval of the validation queries among the training phrases."""
+    encoder = Encoder(model.get_layer("encoder"), vocab, config.serve.batch_size)
+    ranks = retrieval_ranks(
+        encoder, members["train"], members["validation"], max(config.evaluate.top_k)
+    )
+    return {f"val_top{k}": top_k_accuracy(ranks, k) for k in config.evaluate.top_k}
 
 
 def train(
@@ -254,14 +316,15 @@ def train(
     curves_file: Path,
 ) -> dict[str, float]:
     strategy = training.setup(runtime)
-    members = read_members(data_dir / "train.tsv")
-    model = fit_classifier(
+    members = read_training_splits(data_dir)
+    vocab = Vocabulary.load(vocab_file)
+    model, chosen = fit_classifier(
         "am_softmax",
         config,
         strategy,
         runtime.seed,
         members,
-        Vocabulary.load(vocab_file),
+        vocab,
         curves_file,
         Path(runtime.backup_dir),
     )
@@ -270,11 +333,40 @@ def train(
     with io.atomic_path(model_dir / PHRASES_FILE) as tmp:
         shutil.copyfile(data_dir / PHRASES_FILE, tmp)
     return {
-        "train_members": len(members),
-        "groups": len({m.group for m in members}),
-        "final_loss": model.history.history["loss"][-1],
-        "final_accuracy": model.history.history["accuracy"][-1],
+        "train_members": len(members["train"]),
+        "validation_queries": len(members["validation"]),
+        "groups": len(group_index(members["train"])),
+        **chosen,
+        **validation_retrieval(config, model, vocab, members),
     }
+
+
+def train_baselines(
+    config: Config,
+    runtime: training.RuntimeConfig,
+    data_dir: Path,
+    vocab_file: Path,
+    baselines_dir: Path,
+    curves_dir: Path,
+) -> dict[str, float]:
+    """The same encoder with a plain softmax head, fitted like the model (same splits, most
+    epochs and early stopping): `softmax.keras`, `softmax.csv`, its validation figures."""
+    strategy = training.setup(runtime)
+    members = read_training_splits(data_dir)
+    vocab = Vocabulary.load(vocab_file)
+    model, chosen = fit_classifier(
+        "softmax",
+        config,
+        strategy,
+        runtime.seed,
+        members,
+        vocab,
+        curves_dir / "softmax.csv",
+        Path(runtime.backup_dir) / "softmax",
+    )
+    training.save_model(model, baselines_dir / "softmax.keras")
+    figures = {**chosen, **validation_retrieval(config, model, vocab, members)}
+    return {f"softmax_{name}": value for name, value in figures.items()}
 
 
 # -- retrieval ----------------------------------------------------------------------------
@@ -328,7 +420,8 @@ def first_hit_ranks(
 ) -> np.ndarray:
     """For each query, the rank (1 = nearest) of its nearest gallery phrase from the query's
     group among the max_k nearest by cosine, or 0 when none is. The query's own text is never
-    its own neighbour; equal cosines rank by gallery order."""
+    its own neighbour (prepared queries are in no training group; a served one may be);
+    equal cosines rank by gallery order."""
     position = {text: i for i, text in enumerate(gallery.texts)}
     ranks = np.zeros(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk_size):
@@ -354,7 +447,7 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 def top_k_accuracy(ranks: np.ndarray, k: int) -> float:
     """The fraction of queries with a hit among their k nearest."""
-    return float(np.mean((ranks > 0) & (ranks <= k))) if len(ranks) else 0.0
+    return float(np.mean(hits(ranks, k))) if len(ranks) else 0.0
 
 
 def retrieval_ranks(
@@ -376,57 +469,46 @@ def evaluate(
     vocab_file: Path,
     model_dir: Path,
     plots_dir: Path,
-    runtime: training.RuntimeConfig,
-) -> dict[str, float]:
-    """Top-k retrieval accuracy of the AM-Softmax encoder and of the same encoder trained with
-    a plain softmax on the same split (trained here); writes the accuracy at every k up to the
-    largest reported one as a plot, and the baseline's training curve."""
-    strategy = training.setup(runtime)
-    train_members, test = read_members(data_dir / "train.tsv"), read_members(data_dir / "test.tsv")
-    vocab = Vocabulary.load(vocab_file)
+    baselines_dir: Path,
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """Per-query hits at each k (`top<k>`) of the AM-Softmax encoder and of the softmax
+    baseline on the test queries; the accuracy at every k up to the largest as a plot."""
+    seen = read_training_splits(data_dir)
+    test = read_members(data_dir / "test.tsv")
     max_k = max(config.evaluate.top_k)
-    am_ranks = retrieval_ranks(
-        Encoder.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size),
-        train_members,
-        test,
-        max_k,
-    )
-    baseline = fit_classifier(
-        "softmax",
-        config,
-        strategy,
-        runtime.seed,
-        train_members,
-        vocab,
-        plots_dir / "softmax_train.csv",
-        Path(runtime.backup_dir),
-    )
-    softmax_ranks = retrieval_ranks(
-        Encoder(baseline.get_layer("encoder"), vocab, config.serve.batch_size),
-        train_members,
-        test,
-        max_k,
-    )
+    batch = config.serve.batch_size
+    ranks = {
+        system: retrieval_ranks(Encoder.load(file, vocab_file, batch), seen["train"], test, max_k)
+        for system, file in (
+            ("am_softmax", model_dir / MODEL_FILE),
+            ("softmax", baselines_dir / "softmax.keras"),
+        )
+    }
     curve = [
-        {
-            "k": k,
-            "am_softmax": top_k_accuracy(am_ranks, k),
-            "softmax": top_k_accuracy(softmax_ranks, k),
-        }
+        {"k": k, **{system: top_k_accuracy(r, k) for system, r in ranks.items()}}
         for k in range(1, max_k + 1)
     ]
     io.write_json(plots_dir / "topk.json", curve)
-    metrics = {}
-    for k in config.evaluate.top_k:
-        metrics[f"top{k}"] = top_k_accuracy(am_ranks, k)
-        metrics[f"softmax_top{k}"] = top_k_accuracy(softmax_ranks, k)
-    metrics.update(
-        groups=len({m.group for m in train_members}),
-        train_members=len(train_members),
-        gallery_phrases=len(Gallery.of(train_members).texts),
-        test_queries=len(test),
-    )
-    return metrics
+    scores = [
+        stats.Scores(
+            f"top{k}", hits(ranks["am_softmax"], k), {"softmax": hits(ranks["softmax"], k)}
+        )
+        for k in config.evaluate.top_k
+    ]
+    held_in = [m.text for side in seen.values() for m in side]
+    metrics = {
+        "groups": len(group_index(seen["train"])),
+        "train_members": len(seen["train"]),
+        "gallery_phrases": len(Gallery.of(seen["train"]).texts),
+        "test_queries": len(test),
+        "test_overlap": splits.overlap((m.text for m in test), held_in),
+    }
+    return metrics, scores
+
+
+def hits(ranks: np.ndarray, k: int) -> np.ndarray:
+    """1.0 for each query with a hit among its k nearest, else 0.0."""
+    return ((ranks > 0) & (ranks <= k)).astype(np.float64)
 
 
 # -- serving ------------------------------------------------------------------------------
