@@ -1,5 +1,6 @@
-"""DVC stage fetch_images: a class-per-folder image dataset (OUT/{train,test}/<class>/<image>)
-from `dogs.data`: MNIST digits written out as PNG files (the offline stand-in), or Stanford
+"""DVC stage fetch_images: a class-per-folder image dataset
+(OUT/{train,validation,test}/<class>/<image>; validation out of the training images) from
+`dogs.data`: MNIST digits written out as PNG files (the offline stand-in), or Stanford
 Dogs / Oxford-IIIT Pet fetched from `sources` (verified, resumable, safely extracted)."""
 
 import argparse
@@ -17,7 +18,7 @@ from _common import run, runtime_config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="the params.yaml block whose `data` describes the images")
-    parser.add_argument("out", type=Path, help="folder for the train/ and test/ class folders")
+    parser.add_argument("out", type=Path, help="folder for the split folders of class folders")
     parser.add_argument("--mnist", type=Path, help="mnist.pkl.gz, for dataset: mnist")
     args = parser.parse_args()
     all_params = params.load()

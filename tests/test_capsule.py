@@ -1,5 +1,7 @@
-"""Capsule model: MNIST reading and the two-digit test set, the pair metric by hand, a tiny
-training run of both models, the pyfunc on PNG bytes, base64 and arrays, bad images, the CLI."""
+"""Capsule model: MNIST reading, the validation split and the two-digit sets, no test digit
+seen in training, the pair metric by hand, a tiny training run of both models (the baseline
+stage's function) and the evaluation's per-item scores, the pyfunc on PNG bytes, base64 and
+arrays, bad images, the CLI."""
 
 import base64
 import dataclasses
@@ -13,7 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, tracking
+from kexue import cli, params, stats, tracking
 from kexue.errors import DataError
 from kexue.models import capsule
 
@@ -49,30 +51,57 @@ def tiny(tmp_path_factory):
         data=dataclasses.replace(config.data, train_size=None, test_size=None, pairs=50),
         model=dataclasses.replace(config.model, conv_filters=[8, 8], capsule_dim=4),
         train=dataclasses.replace(
-            config.train,
-            epochs=20,
-            baseline_epochs=20,
-            batch_size=32,
-            learning_rate=0.01,
-            baseline_learning_rate=0.01,
+            config.train, epochs=20, patience=20, batch_size=32, learning_rate=0.01
         ),
     )
     counts = capsule.prepare(config, [source], root / "data")
     return {"config": config, "root": root, "source": source, "counts": counts}
 
 
-def test_prepare_keeps_the_official_split_and_builds_pairs_of_different_digits(tiny):
-    assert tiny["counts"] == {"train": 400, "test": 200, "pairs": 50}
-    x, y = capsule.load_npz(tiny["root"] / "data" / "train.npz")
-    assert x.shape == (400, 28, 28) and x.dtype == np.uint8 and x.max() == 253
-    pair_x, pair_y = capsule.load_npz(tiny["root"] / "data" / "pairs.npz")
-    assert pair_x.shape == (50, 2, 28, 28)
-    assert (pair_y[:, 0] != pair_y[:, 1]).all()
-    test_x, test_y = capsule.load_npz(tiny["root"] / "data" / "test.npz")
-    # Each digit of a pair is a test digit with its label.
+def test_prepare_keeps_the_official_test_and_takes_validation_out_of_training(tiny):
+    assert tiny["counts"] == {
+        "train": 360,
+        "validation": 40,
+        "test": 200,
+        "pairs": 50,
+        "validation_overlap_dropped": 0,
+        "test_overlap_dropped": 0,
+    }
+    data = tiny["root"] / "data"
+    x, y = capsule.load_npz(data / "train.npz")
+    assert x.shape == (360, 28, 28) and x.dtype == np.uint8
+    for name in ("pairs", "validation_pairs"):
+        pair_x, pair_y = capsule.load_npz(data / f"{name}.npz")
+        assert pair_x.shape == (50, 2, 28, 28)
+        assert (pair_y[:, 0] != pair_y[:, 1]).all()
+    pair_x, pair_y = capsule.load_npz(data / "pairs.npz")
+    test_x, test_y = capsule.load_npz(data / "test.npz")
+    # Each digit of a test pair is a test digit with its label.
     for digit in (0, 1):
         found = [np.flatnonzero((test_x == p).all(axis=(1, 2))) for p in pair_x[:5, digit]]
         assert all(test_y[i[0]] == y for i, y in zip(found, pair_y[:5, digit], strict=True))
+
+
+def test_no_held_out_digit_equals_a_training_digit(tiny, tmp_path):
+    source = tmp_path / "mnist.pkl.gz"
+    rng = np.random.default_rng(3)
+    splits = []
+    for size in (60, 20, 30):
+        labels = rng.integers(0, 10, size)
+        splits.append((glyphs(labels, rng), labels))
+    # A test digit and three validation-side digits copied from the first training digit.
+    for split, index in ((2, 0), (1, 5), (1, 6), (0, 40)):
+        splits[split][0][index] = splits[0][0][0]
+    with gzip.open(source, "wb") as file:
+        pickle.dump(tuple(splits), file)
+    counts = capsule.prepare(tiny["config"], [source], tmp_path / "data")
+    assert counts["test_overlap_dropped"] == 1 and counts["test"] == 29
+    keys = {
+        side: {x.tobytes() for x in capsule.load_npz(tmp_path / "data" / f"{side}.npz")[0]}
+        for side in ("train", "validation", "test")
+    }
+    assert not keys["test"] & (keys["train"] | keys["validation"])
+    assert not keys["validation"] & keys["train"]
 
 
 def test_shifted_moves_a_digit_within_the_bounds_and_keeps_it_whole():
@@ -111,6 +140,8 @@ def test_train_size_takes_a_seeded_sample(tiny, tmp_path):
     capsule.prepare(config, [tiny["source"]], tmp_path / "b")
     a, b = (capsule.load_npz(tmp_path / d / "train.npz")[1] for d in "ab")
     assert len(a) == 50 and (a == b).all()
+    validation = capsule.load_npz(tmp_path / "a" / "validation.npz")[1]
+    assert len(validation) == 40  # a tenth of all the training digits, before the sample
 
 
 def test_a_file_that_is_not_mnist_is_a_clear_error(tiny, tmp_path):
@@ -121,7 +152,7 @@ def test_a_file_that_is_not_mnist_is_a_clear_error(tiny, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_pair_accuracy_by_hand():
+def test_pair_hits_by_hand():
     scores = np.array(
         [
             [0.9, 0.8, 0.1, 0, 0, 0, 0, 0, 0, 0],  # top 2: {0, 1}
@@ -130,29 +161,50 @@ def test_pair_accuracy_by_hand():
         ]
     )
     pairs = np.array([[1, 0], [0, 1], [2, 1]])
-    assert capsule.pair_accuracy(scores, pairs) == pytest.approx(2 / 3)
+    assert capsule.pair_hits(scores, pairs).tolist() == [1, 0, 1]
     # Sure as well: both of the two best lengths above 0.5 (the third row's 0.8 and 0.9 are).
-    assert capsule.pair_accuracy(scores, pairs, threshold=0.85) == 0
-    assert capsule.pair_accuracy(scores, pairs, threshold=0.5) == pytest.approx(2 / 3)
-    assert capsule.accuracy(scores, np.array([0, 0, 2])) == pytest.approx(2 / 3)
+    assert capsule.pair_hits(scores, pairs, threshold=0.85).tolist() == [0, 0, 0]
+    assert capsule.pair_hits(scores, pairs, threshold=0.5).tolist() == [1, 0, 1]
+    assert capsule.correct(scores, np.array([0, 0, 2])).tolist() == [1, 1, 0]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny):
     root = tiny["root"]
+    runtime = tiny_runtime(root)
     summary = capsule.train(
-        tiny["config"], tiny_runtime(root), root / "data", None, root / "model", root / "c.csv"
+        tiny["config"], runtime, root / "data", None, root / "model", root / "c.csv"
     )
-    return {**tiny, "summary": summary}
+    baselines = capsule.train_baselines(
+        tiny["config"], runtime, root / "data", None, root / "baselines", root / "curves"
+    )
+    return {**tiny, "summary": summary, "baselines": baselines}
+
+
+def test_training_reports_the_validation_figures(trained):
+    summary, baselines = trained["summary"], trained["baselines"]
+    assert 1 <= summary["best_epoch"] <= 20
+    assert {"best_val_loss", "validation_acc", "validation_pair_acc"} <= set(summary)
+    assert {"cnn_best_epoch", "cnn_best_val_loss", "cnn_validation_acc"} <= set(baselines)
+    assert (trained["root"] / "baselines" / capsule.BASELINE_FILE).is_file()
+    assert len(pd.read_csv(trained["root"] / "curves" / "cnn.csv")) >= baselines["cnn_best_epoch"]
 
 
 def test_tiny_models_learn_the_stand_in_digits(trained):
     root = trained["root"]
-    metrics = capsule.evaluate(
-        trained["config"], root / "data", None, root / "model", root / "plots", tiny_runtime(root)
+    metrics, scores = capsule.evaluate(
+        trained["config"], root / "data", None, root / "model", root / "plots", root / "baselines"
     )
-    assert metrics["acc"] > 0.6  # chance: 0.1
-    assert {"pair_acc", "pair_sure_acc", "pair_side_acc", "cnn_acc", "cnn_pair_acc"} <= set(metrics)
+    assert metrics == {"test_digits": 200, "test_pairs": 50, "test_overlap": 0}
+    by_metric = {score.metric: score for score in scores}
+    assert list(by_metric) == ["acc", "pair_acc", "pair_sure_acc", "pair_side_acc"]
+    assert capsule.SCORE in by_metric
+    assert by_metric["acc"].model.shape == (200,) and by_metric["pair_acc"].model.shape == (50,)
+    assert set(by_metric["acc"].baselines) == {"cnn"}
+    assert by_metric["acc"].model.mean() > 0.4  # chance: 0.1
+    config = stats.BootstrapConfig(samples=50, confidence=0.95, seed=0)
+    flat = stats.comparisons(scores, config)
+    assert {"acc", "acc_cnn", "acc_vs_cnn", "acc_vs_cnn_low", "pair_acc_vs_cnn_high"} <= set(flat)
     rows = pd.read_json(root / "plots" / "accuracy.json")
     assert list(rows["system"]) == [
         f"{model}, {test}"

@@ -1,7 +1,8 @@
 """Image classifier (dogs): center loss and gate by hand, backbone weights from a model file,
-a tiny phased fine-tuning and its baseline, the saved model, the pyfunc on PNG/JPEG/base64 of
-odd sizes and on corrupt images, the CLI, and the full profile's code path (Xception on the
-Stanford Dogs layout)."""
+a tiny phased fine-tuning and its baseline (the baseline stage's function) with early
+stopping on validation, evaluation's per-image scores and test overlap, the saved model,
+the pyfunc on PNG/JPEG/base64 of odd sizes and on corrupt images, the CLI, and the full
+profile's code path (Xception on the Stanford Dogs layout)."""
 
 import base64
 import dataclasses
@@ -17,7 +18,7 @@ from conftest import REPO, tiny_runtime
 from PIL import Image
 from test_images import stanford_dogs
 
-from kexue import cli, params, tracking, training
+from kexue import cli, params, stats, tracking, training
 from kexue.data import images
 from kexue.data.sources import Source
 from kexue.errors import DataError, ParamsError
@@ -116,10 +117,11 @@ def test_backbone_weights_come_from_the_named_submodel(config, tmp_path):
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
-    """A class-per-folder set: 3 colours, 12 training and 4 test pictures each, odd sizes."""
+    """A class-per-folder set: 3 colours, 12 training, 3 validation and 4 test pictures
+    each, odd sizes."""
     root = tmp_path_factory.mktemp("colours")
     rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
+    for split, count in (("train", 12), ("validation", 3), ("test", 4)):
         for colour in COLOURS:
             folder = root / "data" / split / colour
             folder.mkdir(parents=True)
@@ -155,16 +157,44 @@ def test_phases_and_baseline_run_and_report(config, colours):
     root = colours
     runtime = tiny_runtime(root)
     summary = dogs.train(config, runtime, root / "data", None, root / "model", root / "train.csv")
-    assert summary["train_images"] == 36 and summary["classes"] == 3
+    assert summary["train_images"] == 36 and summary["validation_images"] == 9
+    assert summary["classes"] == 3
+    assert {"head_best_epoch", "top_val_loss", "all_val_accuracy", "validation_acc"} <= set(summary)
     curve = pd.read_csv(root / "train.csv")
     assert curve["phase"].tolist() == [1, 2, 3] and curve["epoch"].tolist() == [1, 2, 3]
-    metrics = dogs.evaluate(config, root / "data", None, root / "model", root / "plots", runtime)
-    assert metrics["top5"] == 1.0  # 3 classes: the top 5 hold all
-    assert 0 <= metrics["acc"] <= 1 and 0 <= metrics["scratch_acc"] <= 1
-    assert metrics["test_images"] == 12
-    assert len(pd.read_csv(root / "plots" / "scratch_train.csv")) == 2  # phases 2 + 3
+    assert {"val_loss", "val_accuracy"} <= set(curve.columns)
+    baselines = dogs.train_baselines(
+        config, runtime, root / "data", None, root / "baselines", root / "curves"
+    )
+    assert baselines["scratch_max_epochs"] == 3  # head + top + all
+    assert 1 <= baselines["scratch_best_epoch"] <= 3 and "scratch_val_loss" in baselines
+    assert len(pd.read_csv(root / "curves" / "scratch.csv")) <= 3
+    metrics, scores = dogs.evaluate(
+        config, root / "data", None, root / "model", root / "plots", root / "baselines"
+    )
+    assert metrics == {"test_images": 12, "classes": 3, "test_overlap": 0}
+    by_metric = {score.metric: score for score in scores}
+    assert list(by_metric) == [dogs.SCORE, "top5"]
+    assert by_metric["top5"].model.tolist() == [1.0] * 12  # 3 classes: the top 5 hold all
+    assert by_metric["acc"].model.shape == (12,) and set(by_metric["acc"].baselines) == {"scratch"}
+    flat = stats.comparisons(scores, stats.BootstrapConfig(samples=20, confidence=0.95, seed=0))
+    assert {"acc", "acc_scratch", "acc_vs_scratch_low", "top5_vs_scratch"} <= set(flat)
     confusion = pd.read_json(root / "plots" / "confusion.json")
     assert set(confusion["actual"]) == set(COLOURS) and len(confusion) == 12
+
+
+def test_test_overlap_counts_byte_identical_test_images(config, colours, model_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(colours / "data", data)
+    copied = next((data / "train" / "red").iterdir())
+    shutil.copy(copied, data / "test" / "red" / "copy.png")
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    shutil.copy(model_dir / dogs.MODEL_FILE, baselines / dogs.BASELINE_FILE)
+    metrics, _ = dogs.evaluate(config, data, None, model_dir, tmp_path / "plots", baselines)
+    assert metrics["test_overlap"] == 1
 
 
 def test_top_layer_must_exist(config):
@@ -243,7 +273,7 @@ def test_full_profile_code_path_xception_on_the_stanford_dogs_layout(tmp_path):
     loaded["profile"] = "full"
     full = params.parse(dogs.Config, params.block(loaded, "dogs"), "dogs")
     assert (full.model.backbone, full.data.dataset) == ("xception", "stanford_dogs")
-    images_tar, lists_tar, _ = stanford_dogs(per_breed=2, test_per_breed=1)
+    images_tar, lists_tar, _ = stanford_dogs(per_breed=3, test_per_breed=1)
     sources = {}
     for key, data in (("stanford_dogs_images", images_tar), ("stanford_dogs_lists", lists_tar)):
         (tmp_path / f"{key}.tar").write_bytes(data)
@@ -271,5 +301,5 @@ def test_full_profile_code_path_xception_on_the_stanford_dogs_layout(tmp_path):
     summary = dogs.train(
         config, tiny_runtime(tmp_path), tmp_path / "dogs", None, tmp_path / "m", tmp_path / "c.csv"
     )
-    assert summary == {**summary, "train_images": 6, "classes": 3}
+    assert summary == {**summary, "train_images": 6, "validation_images": 3, "classes": 3}
     assert len(pd.read_csv(tmp_path / "c.csv")) == 3

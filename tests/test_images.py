@@ -1,5 +1,6 @@
 """Class-per-folder image datasets: MNIST written out as PNG files, and the Stanford Dogs path
-(download from a local HTTP server, hash, official lists, unsafe or truncated archives)."""
+(download from a local HTTP server, hash, official lists, unsafe or truncated archives); the
+validation part out of training, and no held-out image byte for byte equal to a seen one."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def stanford_config(**overrides) -> ImageDataConfig:
         "images_source": "stanford_dogs_images",
         "lists_source": "stanford_dogs_lists",
         "train_per_class": None,
+        "validation_per_class": 1,
         "test_per_class": None,
         "seed": 1,
     }
@@ -87,13 +89,24 @@ def test_stanford_dogs_download_builds_the_official_split_in_class_folders(serve
     out = tmp_path / "dogs"
     sources = served_sources(server, images_tar, lists_tar)
     counts = images.build_dataset(stanford_config(), out, tmp_path / "cache", sources)
-    assert counts == {"train": 12, "test": 6}
-    assert sorted(p.name for p in out.iterdir()) == ["test", "train"]  # nothing else left
+    assert counts == {
+        "train": 9,
+        "validation": 3,
+        "test": 6,
+        "validation_overlap_dropped": 0,
+        "test_overlap_dropped": 0,
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["test", "train", "validation"]
     paths, labels, classes = images.list_split(out, "train")
-    assert classes == BREEDS and np.bincount(labels).tolist() == [4, 4, 4]
+    assert classes == BREEDS and np.bincount(labels).tolist() == [3, 3, 3]
+    held, held_labels, _ = images.list_split(out, "validation", classes)
+    assert np.bincount(held_labels).tolist() == [1, 1, 1]
+    relative = lambda found: {p.split("/")[-2] + "/" + p.split("/")[-1] for p in found}  # noqa: E731
+    assert relative(paths) | relative(held) == set(names["train"])
     test_paths, _, _ = images.list_split(out, "test", classes)
-    assert {p.split("/")[-2] + "/" + p.split("/")[-1] for p in test_paths} == set(names["test"])
-    assert (out / "train" / BREEDS[0] / "n02085620_0.jpg").read_bytes() == jpeg(0)
+    assert relative(test_paths) == set(names["test"])
+    first = next(out.glob(f"*/{BREEDS[0]}/n02085620_0.jpg"))
+    assert first.read_bytes() == jpeg(0)
 
 
 def test_per_class_sample_is_seeded(server, tmp_path):
@@ -102,9 +115,10 @@ def test_per_class_sample_is_seeded(server, tmp_path):
     config = stanford_config(train_per_class=2, test_per_class=1)
     for run in ("a", "b"):
         counts = images.build_dataset(config, tmp_path / run, tmp_path / "cache", sources)
-        assert counts == {"train": 6, "test": 3}
-    a, b = (sorted(p.name for p in (tmp_path / r / "train").rglob("*.jpg")) for r in "ab")
-    assert a == b
+        assert (counts["train"], counts["validation"], counts["test"]) == (6, 3, 3)
+    for split in ("train", "validation"):
+        a, b = (sorted(p.name for p in (tmp_path / r / split).rglob("*.jpg")) for r in "ab")
+        assert a == b
 
 
 def test_hash_mismatch_keeps_the_old_dataset_and_leaves_nothing(server, tmp_path):
@@ -166,12 +180,34 @@ def test_oxford_pet_lists_take_the_breed_from_the_name(tmp_path):
 def test_mnist_is_written_as_3_channel_png_in_class_folders(tmp_path):
     rng = np.random.default_rng(0)
     split = lambda n: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 3)  # noqa: E731
-    config = ImageDataConfig("mnist", None, None, 2, None, seed=3)
+    config = ImageDataConfig("mnist", None, None, 2, 1, None, seed=3)
     counts = images.build_dataset(config, tmp_path / "digits", tmp_path, {}, (split(9), split(6)))
-    assert counts == {"train": 6, "test": 6}
+    assert (counts["train"], counts["validation"], counts["test"]) == (6, 3, 6)
     paths, labels, classes = images.list_split(tmp_path / "digits", "train")
     assert classes == ["0", "1", "2"] and np.bincount(labels).tolist() == [2, 2, 2]
     assert np.asarray(Image.open(paths[0])).shape == (28, 28, 3)
+
+
+def test_no_held_out_image_equals_a_training_image(tmp_path):
+    rng = np.random.default_rng(1)
+    train_x = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    test_x[:4] = train_x[0]  # four test digits copied from one training digit (class 0)
+    labels = np.arange(12) % 3, np.zeros(6, dtype=np.int64)
+    config = ImageDataConfig("mnist", None, None, None, 1, None, seed=3)
+    out = tmp_path / "digits"
+    mnist = ((train_x, labels[0]), (test_x, labels[1]))
+    counts = images.build_dataset(config, out, tmp_path, {}, mnist)
+    digests = {
+        split: [images.file_digest(p) for p in images.list_split(out, split)[0]]
+        for split in ("train", "validation", "test")
+    }
+    seen = set(digests["train"])
+    assert not seen & set(digests["validation"])
+    assert not (seen | set(digests["validation"])) & set(digests["test"])
+    # The original is a training or a validation digit: every copy is dropped.
+    assert counts["test_overlap_dropped"] == 4
+    assert counts["test"] == 2 == len(digests["test"])
 
 
 def test_a_test_class_unknown_to_training_is_an_error(tmp_path):

@@ -2,7 +2,10 @@
 
 The layout every reader here produces and every model reads:
 
-    ROOT/train/<class>/<image>    ROOT/test/<class>/<image>     (PNG or JPEG, any size)
+    ROOT/{train,validation,test}/<class>/<image>     (PNG or JPEG, any size)
+
+Validation is a seeded part of each class's training images, never of the test images; an
+image byte for byte equal to one on an earlier side (train, then validation) is dropped.
 
 Sources of it: MNIST digits written out as PNG files (the offline stand-in), Stanford Dogs
 (`Images/<wnid>-<breed>/*.jpg` with the official `train_list.mat` / `test_list.mat`) and
@@ -11,6 +14,7 @@ Oxford-IIIT Pet (`images/<Breed>_<n>.jpg` with `annotations/{trainval,test}.txt`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
@@ -24,10 +28,12 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
+from kexue import splits
 from kexue.data.sources import Source, fetch, replace_folder
 from kexue.errors import DataError, ParamsError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+SOURCE_SPLITS = ("train", "test")  # the published ones; validation comes out of train
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A split's images: (path relative to the images folder, class name), in a stable order.
@@ -40,6 +46,7 @@ class ImageDataConfig:
     images_source: str | None  # key of `sources`: the archive of images (not for mnist)
     lists_source: str | None  # key of `sources`: the official train/test lists (not for mnist)
     train_per_class: int | None  # a seeded sample of each class; None: all
+    validation_per_class: int  # of each class's training images, held out (seeded)
     test_per_class: int | None
     seed: int
 
@@ -54,7 +61,8 @@ def build_dataset(
     """Write the class-per-folder dataset to replace folder `out` as a whole (built beside
     it, then swapped in: a failure leaves the old `out`). `mnist` is ((train x, y), (test x,
     y)) for the stand-in; the published datasets are fetched from `sources` (verified,
-    resumable, extracted safely). Returns the image count of each split."""
+    resumable, extracted safely). Returns the image count of each split and how many
+    byte-identical held-out images were dropped."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -65,20 +73,62 @@ def build_dataset(
             counts = _write_mnist(config, mnist, staged)
         else:
             counts = _move_published(config, sources, staged, cache_dir)
+        dropped = drop_repeated_images(staged)
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return counts
+    return {
+        **{split: counts[split] - dropped.get(f"{split}_overlap_dropped", 0) for split in SPLITS},
+        **dropped,
+    }
 
 
 def _write_mnist(config: ImageDataConfig, mnist: tuple, out: Path) -> dict[str, int]:
-    counts = {}
-    for split, (x, y), per_class in zip(
-        SPLITS, mnist, (config.train_per_class, config.test_per_class), strict=True
-    ):
-        keep = array_sample(y, per_class, config.seed)
-        counts[split] = write_array_split(out, split, x[keep], y[keep])
-    return counts
+    (train_x, train_y), (test_x, test_y) = mnist
+    held = config.validation_per_class
+    keep = array_sample(train_y, _plus(config.train_per_class, held), config.seed)
+    train, validation = validation_split(train_y[keep], held, config.seed)
+    test = array_sample(test_y, config.test_per_class, config.seed)
+    return {
+        "train": write_array_split(out, "train", train_x[keep[train]], train_y[keep[train]]),
+        "validation": write_array_split(
+            out, "validation", train_x[keep[validation]], train_y[keep[validation]]
+        ),
+        "test": write_array_split(out, "test", test_x[test], test_y[test]),
+    }
+
+
+def _plus(per_class: int | None, held: int) -> int | None:
+    return None if per_class is None else per_class + held
+
+
+def validation_split(labels, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, validation positions) of `labels`: a seeded `per_class` of each
+    class held out, leaving at least one of each class for training; both sorted."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    held = [
+        rng.choice(where, min(per_class, len(where) - 1), replace=False)
+        for where in (np.flatnonzero(labels == label) for label in np.unique(labels))
+    ]
+    validation = np.sort(np.concatenate(held)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), validation), validation
+
+
+def drop_repeated_images(root: Path) -> dict[str, int]:
+    """Delete each validation image byte for byte equal to a training image, and each test
+    image equal to a training or validation image; the count dropped from each side."""
+    files = {split: sorted((root / split).glob("*/*")) for split in SPLITS}
+    digests = {path: file_digest(path) for paths in files.values() for path in paths}
+    kept, dropped = splits.drop_overlap(files, digests.__getitem__)
+    for split in ("validation", "test"):
+        for path in set(files[split]) - set(kept[split]):
+            path.unlink()
+    return dropped
+
+
+def file_digest(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _move_published(
@@ -97,11 +147,15 @@ def _move_published(
     else:
         images_dir = folders["images_source"] / "images"
         lists = oxford_pet_lists(folders["lists_source"] / "annotations")
-    counts = {}
-    per_class_counts = (config.train_per_class, config.test_per_class)
-    for split, per_class in zip(SPLITS, per_class_counts, strict=True):
-        listing = per_class_sample(lists[split], per_class, config.seed)
-        counts[split] = move_split(images_dir, listing, out, split)
+    held = config.validation_per_class
+    listing = per_class_sample(lists["train"], _plus(config.train_per_class, held), config.seed)
+    train, validation = validation_split([name for _, name in listing], held, config.seed)
+    listings = {
+        "train": [listing[i] for i in train],
+        "validation": [listing[i] for i in validation],
+        "test": per_class_sample(lists["test"], config.test_per_class, config.seed),
+    }
+    counts = {split: move_split(images_dir, listings[split], out, split) for split in SPLITS}
     shutil.rmtree(raw)
     return counts
 
@@ -166,8 +220,8 @@ def array_sample(labels: np.ndarray, per_class: int | None, seed: int) -> np.nda
 def stanford_dogs_lists(lists_dir: Path) -> dict[str, Listing]:
     """{'train': [...], 'test': [...]} from Stanford Dogs' train_list.mat / test_list.mat;
     a path there is `<wnid>-<breed>/<file>.jpg` under `Images/`, its folder the class."""
-    splits = {}
-    for split in SPLITS:
+    lists = {}
+    for split in SOURCE_SPLITS:
         path = lists_dir / f"{split}_list.mat"
         if not path.is_file():
             raise DataError(f"{path}: not found; expected Stanford Dogs' lists.tar contents")
@@ -176,8 +230,8 @@ def stanford_dogs_lists(lists_dir: Path) -> dict[str, Listing]:
         except (ValueError, KeyError, OSError) as err:
             raise DataError(f"{path}: expected a MATLAB file with `file_list` ({err})") from None
         names = [str(np.ravel(entry)[0]) for entry in np.ravel(entries)]
-        splits[split] = [(name, _checked_class(path, name)) for name in names]
-    return splits
+        lists[split] = [(name, _checked_class(path, name)) for name in names]
+    return lists
 
 
 def _checked_class(list_file: Path, name: str) -> str:
@@ -190,8 +244,8 @@ def _checked_class(list_file: Path, name: str) -> str:
 def oxford_pet_lists(annotations_dir: Path) -> dict[str, Listing]:
     """{'train': [...], 'test': [...]} from Oxford-IIIT Pet's trainval.txt / test.txt
     (`Abyssinian_100 1 1 1` a line); the class is the name without its number."""
-    splits = {}
-    for split, file_name in zip(SPLITS, ("trainval.txt", "test.txt"), strict=True):
+    lists = {}
+    for split, file_name in zip(SOURCE_SPLITS, ("trainval.txt", "test.txt"), strict=True):
         path = annotations_dir / file_name
         if not path.is_file():
             raise DataError(f"{path}: not found; expected Oxford-IIIT Pet's annotations")
@@ -204,8 +258,8 @@ def oxford_pet_lists(annotations_dir: Path) -> dict[str, Listing]:
             if not breed or not index.isdigit() or "/" in name:
                 raise DataError(f"{path}:{number}: expected `<Breed>_<n> ...`, got {line!r}")
             listing.append((f"{name}.jpg", breed))
-        splits[split] = listing
-    return splits
+        lists[split] = listing
+    return lists
 
 
 # -- reading the layout ------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The post's model: a small CNN front end -> its feature map read as a set of capsules ->
 `Capsule` (10 classes, dynamic routing) -> each class capsule's length, trained with the margin
-loss. Its baseline: the same front end -> global average pooling -> dense -> 10 sigmoids,
-trained with the same loss.
+loss. Its baseline (the `baseline_capsule` stage): the same front end -> global average
+pooling -> dense -> 10 sigmoids, trained with the same loss, rate, schedule and most epochs,
+stopped early on the same validation digits.
 
 The post's test: train on single digits, then show two different digits in one image (the
 post stacks them, 56 x 28; side by side, 28 x 56, is reported too) and ask for the two
@@ -24,12 +25,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data.mnist import SIDE, read_mnist
 from kexue.errors import DataError
 from kexue.layers.capsule import Capsule, CapsuleLength, MarginLoss
 
 MODEL_FILE = "model.keras"
+BASELINE_FILE = "cnn.keras"  # in the baselines folder
 SCORE = "acc"
 DESCRIPTION = (
     "Capsule network (kexue.fm, Capsule盛宴) on MNIST. Input: a column `image` of PNG/JPEG "
@@ -43,9 +45,11 @@ SURE = 0.5  # a length above this says "present"; the post's second two-digit ac
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_size: int | None  # training digits used (seeded sample of the 60k); None: all
+    validation_fraction: float  # of the 60k training digits (the official 10k are the test)
+    split_seed: int
+    train_size: int | None  # training digits used (seeded sample of the rest); None: all
     test_size: int | None  # of the 10k test digits; None: all
-    pairs: int  # two-digit test images, built from test digits of different classes
+    pairs: int  # two-digit images, each from two digits of different classes of one split
     seed: int
 
 
@@ -65,13 +69,12 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:  # both models alike, but for the baseline's epochs and rate
-    epochs: int
-    baseline_epochs: int  # the CNN's (the post trains it 20 epochs)
+class TrainConfig:  # the capsule net and its CNN baseline alike
+    epochs: int  # the most; each stops early on the validation loss
+    patience: int  # epochs without a lower validation loss before stopping
     max_shift: int  # training digits move by up to this many pixels each way (0: as given)
     batch_size: int
-    learning_rate: float
-    baseline_learning_rate: float  # the CNN's; each rate decays to 0 over its run
+    learning_rate: float  # decays to 0 over `epochs` (cosine)
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,40 @@ class Config:
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """mnist.pkl.gz -> train.npz, test.npz (uint8 images, labels) and pairs.npz (two test
-    digits each, uint8 (n, 2, 28, 28), and their labels)."""
+    """mnist.pkl.gz -> train.npz, validation.npz, test.npz (uint8 images, labels) and
+    validation_pairs.npz, pairs.npz (two digits of that split each, uint8 (n, 2, 28, 28), and
+    their labels). Validation comes out of the 60k training digits; a validation or test
+    digit byte for byte equal to one on an earlier side is dropped."""
     if len(corpora) != 1:
         raise DataError(f"capsule reads one mnist.pkl.gz, got {len(corpora)} files")
     (train_x, train_y), (test_x, test_y) = read_mnist(corpora[0])
+    sides = splits.split_groups(
+        range(len(train_y)),
+        int,
+        splits.SplitConfig(config.data.validation_fraction, 0.0, config.data.split_seed),
+        "capsule: MNIST",
+    )
     rng = np.random.default_rng(config.data.seed)
-    train_x, train_y = sample(rng, train_x, train_y, config.data.train_size)
-    test_x, test_y = sample(rng, test_x, test_y, config.data.test_size)
-    pair_x, pair_y = digit_pairs(rng, test_x, test_y, config.data.pairs)
-    save_npz(out_dir / "train.npz", x=train_x, y=train_y)
-    save_npz(out_dir / "test.npz", x=test_x, y=test_y)
-    save_npz(out_dir / "pairs.npz", x=pair_x, y=pair_y)
-    return {"train": len(train_y), "test": len(test_y), "pairs": len(pair_y)}
+    arrays = {
+        "train": sample(
+            rng, train_x[sides["train"]], train_y[sides["train"]], config.data.train_size
+        ),
+        "validation": (train_x[sides["validation"]], train_y[sides["validation"]]),
+        "test": sample(rng, test_x, test_y, config.data.test_size),
+    }
+    indexed = {side: [(side, i) for i in range(len(y))] for side, (_, y) in arrays.items()}
+    kept, dropped = splits.drop_overlap(indexed, lambda item: arrays[item[0]][0][item[1]].tobytes())
+    counts = {}
+    for side, items in kept.items():
+        x, y = arrays[side]
+        keep = np.asarray([i for _, i in items], dtype=np.int64)
+        save_npz(out_dir / f"{side}.npz", x=x[keep], y=y[keep])
+        counts[side] = len(keep)
+        if side != "train":
+            pair_x, pair_y = digit_pairs(rng, x[keep], y[keep], config.data.pairs)
+            name = "pairs" if side == "test" else f"{side}_pairs"
+            save_npz(out_dir / f"{name}.npz", x=pair_x, y=pair_y)
+    return {**counts, "pairs": config.data.pairs, **dropped}
 
 
 def sample(rng, x, y, size: int | None):
@@ -118,7 +142,7 @@ def sample(rng, x, y, size: int | None):
 
 
 def digit_pairs(rng, x, y, count: int):
-    """`count` pairs of test digits of different classes (n, 2, 28, 28), labels (n, 2)."""
+    """`count` pairs of digits of different classes (n, 2, 28, 28), labels (n, 2)."""
     left = rng.integers(0, len(y), count)
     right = rng.integers(0, len(y), count)
     same = y[left] == y[right]
@@ -205,16 +229,14 @@ def shifted(image: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
 
 
-def fit(
-    build,
-    epochs: int,
-    learning_rate: float,
-    config: Config,
-    runtime,
-    data_dir: Path,
-    curves: Path,
-    backup: Path,
-):
+def batches(x: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
+    targets = np.eye(CLASSES, dtype=np.float32)[y]
+    return tf.data.Dataset.from_tensor_slices((as_input(x), targets)).batch(batch)
+
+
+def fit(build, config: Config, runtime, data_dir: Path, curves: Path, backup: Path):
+    """Train the model `build` makes on the training digits (shifted), stopping early on the
+    validation digits' loss; returns (model, its validation figures)."""
     strategy = training.setup(runtime)
     x, y = load_npz(data_dir / "train.npz")
     batch = training.global_batch_size(config.train.batch_size, strategy)
@@ -231,30 +253,57 @@ def fit(
         .batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )
-    steps = epochs * math.ceil(len(y) / batch)
+    validation = batches(*load_npz(data_dir / "validation.npz"), batch)
+    steps = config.train.epochs * math.ceil(len(y) / batch)
     with strategy.scope():
-        model = build(config, training.cosine_adam(learning_rate, steps))
-    training.fit(model, dataset, None, epochs, curves, backup)
-    return model
+        model = build(config, training.cosine_adam(config.train.learning_rate, steps))
+    history = training.fit(
+        model,
+        dataset,
+        validation,
+        config.train.epochs,
+        curves,
+        backup,
+        patience=config.train.patience,
+    )
+    return model, {**training.best_epoch(history), **validation_figures(config, model, data_dir)}
+
+
+def validation_figures(config: Config, model: keras.Model, data_dir: Path) -> dict[str, float]:
+    """Digit accuracy and the stacked two-digit test on the validation split."""
+    x, y = load_npz(data_dir / "validation.npz")
+    pair_x, pair_y = load_npz(data_dir / "validation_pairs.npz")
+    batch = config.serve.batch_size
+    stacked = scores(model, two_digit_images(pair_x, "stacked"), batch)
+    return {
+        "validation_acc": float(correct(scores(model, x, batch), y).mean()),
+        "validation_pair_acc": float(pair_hits(stacked, pair_y).mean()),
+    }
 
 
 def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_file: Path):
-    model = fit(
-        build_capsule_model,
-        config.train.epochs,
-        config.train.learning_rate,
+    model, figures = fit(
+        build_capsule_model, config, runtime, data_dir, curves_file, Path(runtime.backup_dir)
+    )
+    training.save_model(model, model_dir / MODEL_FILE)
+    return figures
+
+
+def train_baselines(
+    config, runtime, data_dir: Path, vocab_file, baselines_dir: Path, curves_dir: Path
+) -> dict[str, float]:
+    """The post's CNN on the same digits, with the capsule net's rate, schedule, most epochs
+    and early stopping (its rate is not tuned for either network)."""
+    model, figures = fit(
+        build_cnn_model,
         config,
         runtime,
         data_dir,
-        curves_file,
-        Path(runtime.backup_dir),
+        curves_dir / "cnn.csv",
+        Path(runtime.backup_dir) / "cnn",
     )
-    training.save_model(model, model_dir / MODEL_FILE)
-    history = model.history.history
-    return {
-        "final_loss": history["loss"][-1],
-        "final_accuracy": history["categorical_accuracy"][-1],
-    }
+    training.save_model(model, baselines_dir / BASELINE_FILE)
+    return {f"cnn_{name}": value for name, value in figures.items()}
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -264,62 +313,80 @@ def scores(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarra
     return model.predict(as_input(images), batch_size=batch_size, verbose=0)
 
 
-def accuracy(class_scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(class_scores, axis=1) == labels))
+def correct(class_scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per digit: 1 where the best class is the label, else 0."""
+    return (np.argmax(class_scores, axis=1) == labels).astype(np.float64)
 
 
-def pair_accuracy(class_scores: np.ndarray, pairs: np.ndarray, threshold: float = 0.0) -> float:
-    """Share of two-digit images whose two best classes are exactly the two digits shown and
+def pair_hits(class_scores: np.ndarray, pairs: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Per two-digit image: 1 where its two best classes are exactly the two digits shown and
     both score above `threshold` (the post also reports it at 0.5: found *and* sure)."""
     best2 = np.argsort(-class_scores, axis=1)[:, :2]
     found = (np.sort(best2, axis=1) == np.sort(pairs, axis=1)).all(axis=1)
     sure = np.take_along_axis(class_scores, best2, axis=1).min(axis=1) > threshold
-    return float(np.mean(found & sure))
+    return (found & sure).astype(np.float64)
 
 
-def evaluate(config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, runtime):
-    """Single-digit accuracy and the two-digit test, for the capsule model and for the CNN
-    baseline trained here on the same digits."""
+# The two-digit figures: metric -> (layout, threshold).
+PAIR_METRICS = {
+    "pair_acc": ("stacked", 0.0),
+    "pair_sure_acc": ("stacked", SURE),
+    "pair_side_acc": ("side", 0.0),
+}
+SHOWN = {
+    "acc": "one digit",
+    "pair_acc": "two digits stacked",
+    "pair_sure_acc": "two digits stacked, both lengths > 0.5",
+    "pair_side_acc": "two digits side by side",
+}
+
+
+def evaluate(
+    config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
+):
+    """Per-digit accuracy and per-pair two-digit hits on the test split, for the capsule
+    model and its CNN baseline (trained by the baseline stage)."""
     test_x, test_y = load_npz(data_dir / "test.npz")
     pair_x, pair_y = load_npz(data_dir / "pairs.npz")
     batch = config.serve.batch_size
-    capsule = keras.models.load_model(model_dir / MODEL_FILE, compile=False)
-    cnn = fit(
-        build_cnn_model,
-        config.train.baseline_epochs,
-        config.train.baseline_learning_rate,
-        config,
-        runtime,
-        data_dir,
-        plots_dir / "cnn_train.csv",
-        Path(runtime.backup_dir) / "cnn",
-    )
-    stacked, side = (two_digit_images(pair_x, layout) for layout in ("stacked", "side"))
-    metrics, rows = {}, []
-    for name, model in (("", capsule), ("cnn_", cnn)):
-        stacked_scores, digit_scores = scores(model, stacked, batch), scores(model, test_x, batch)
-        metrics[f"{name}acc"] = accuracy(digit_scores, test_y)
-        if model is capsule:
+    systems = {
+        "capsule": keras.models.load_model(model_dir / MODEL_FILE, compile=False),
+        "cnn": keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False),
+    }
+    layouts = {layout: two_digit_images(pair_x, layout) for layout in LAYOUT_AXES}
+    values: dict[str, dict[str, np.ndarray]] = {metric: {} for metric in SHOWN}
+    for name, model in systems.items():
+        digit_scores = scores(model, test_x, batch)
+        values["acc"][name] = correct(digit_scores, test_y)
+        layout_scores = {layout: scores(model, images, batch) for layout, images in layouts.items()}
+        for metric, (layout, threshold) in PAIR_METRICS.items():
+            values[metric][name] = pair_hits(layout_scores[layout], pair_y, threshold)
+        if name == "capsule":
             predicted = np.argmax(digit_scores, axis=1)
             io.write_confusion(
                 plots_dir / "confusion.json", [str(d) for d in test_y], [str(d) for d in predicted]
             )
-        metrics[f"{name}pair_acc"] = pair_accuracy(stacked_scores, pair_y)
-        metrics[f"{name}pair_sure_acc"] = pair_accuracy(stacked_scores, pair_y, SURE)
-        metrics[f"{name}pair_side_acc"] = pair_accuracy(scores(model, side, batch), pair_y)
-        label = name.rstrip("_") or "capsule"
-        rows += [
-            {"system": f"{label}, {test}", "accuracy": metrics[f"{name}{key}"]}
-            for test, key in (
-                ("one digit", "acc"),
-                ("two digits stacked", "pair_acc"),
-                ("two digits stacked, both lengths > 0.5", "pair_sure_acc"),
-                ("two digits side by side", "pair_side_acc"),
-            )
-        ]
+    rows = [
+        {"system": f"{name}, {SHOWN[metric]}", "accuracy": float(values[metric][name].mean())}
+        for name in systems
+        for metric in SHOWN
+    ]
     io.write_json(plots_dir / "accuracy.json", rows)
-    metrics.update(test_digits=len(test_y), test_pairs=len(pair_y))
-    return metrics
+    scored = [
+        stats.Scores(metric, by_system["capsule"], {"cnn": by_system["cnn"]})
+        for metric, by_system in values.items()
+    ]
+    seen = [
+        x.tobytes()
+        for side in ("train", "validation")
+        for x in load_npz(data_dir / f"{side}.npz")[0]
+    ]
+    metrics = {
+        "test_digits": len(test_y),
+        "test_pairs": len(pair_y),
+        "test_overlap": splits.overlap((x.tobytes() for x in test_x), seen),
+    }
+    return metrics, scored
 
 
 # -- serving ------------------------------------------------------------------------------

