@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, tracking
+from kexue import cli, params, stats, tracking
 from kexue.errors import DataError
 from kexue.layers.gated_conv import GatedConv1D
-from kexue.layers.gaussian_latent import GaussianSample, kl_divergence
+from kexue.layers.gaussian_latent import GaussianSample, KLWarmup, WeightedOutput, kl_divergence
 from kexue.models import poet
 
 # Line 1 is 5 consecutive characters of the first cycle, line 2 of the second: a couplet is
@@ -52,11 +52,19 @@ def tiny_config() -> poet.Config:
     return dataclasses.replace(
         config,
         corpus="unused",
-        data=dataclasses.replace(config.data, include=["tang/*.json"], test_fraction=0.2),
+        data=dataclasses.replace(
+            config.data, include=["tang/*.json"], validation_fraction=0.2, test_fraction=0.2
+        ),
         vocab=dataclasses.replace(config.vocab, min_count=1),
         model=dataclasses.replace(config.model, hidden_dim=16, latent_dim=8, encoder_layers=1),
         train=dataclasses.replace(
-            config.train, epochs=40, batch_size=32, learning_rate=0.01, max_couplets=None
+            config.train,
+            epochs=40,
+            patience=8,
+            batch_size=32,
+            learning_rate=0.01,
+            max_couplets=None,
+            kl_warmup_couplets=1000,  # about 6 of its 40 epochs
         ),
         evaluate=dataclasses.replace(config.evaluate, samples=200, interpolation_steps=5),
         serve=dataclasses.replace(config.serve, max_poems=50, batch_size=16),
@@ -97,21 +105,42 @@ def test_couplets_are_sentences_of_two_five_character_lines():
 
 def test_prepare_splits_by_poem_and_holds_out_only_unseen_couplets(trained):
     root = trained["root"]
-    train = poet.read_couplets(root / "data" / "train.txt", 5)
-    test = poet.read_couplets(root / "data" / "test.txt", 5)
-    assert not set(train) & set(test) and len(test) >= 20
-    assert len(set(train)) == len(train) and len(set(test)) == len(test)
-    counts = {"poems": 150, "train_couplets": len(train), "test_couplets": len(test)}
-    assert trained["counts"] == counts
+    sides = {
+        name: poet.read_couplets(root / "data" / f"{name}.txt", 5)
+        for name in ("train", "validation", "test")
+    }
+    train, validation, test = sides["train"], sides["validation"], sides["test"]
+    # Disjoint as the model reads them: no held-out couplet on an earlier side.
+    normalised = {name: {poet.normalised(c) for c in side} for name, side in sides.items()}
+    assert not normalised["validation"] & normalised["train"]
+    assert not normalised["test"] & (normalised["train"] | normalised["validation"])
+    assert len(test) >= 20 and len(validation) >= 20
+    assert all(len(set(side)) == len(side) for side in sides.values())
+    counts = trained["counts"]
+    assert counts["poems"] == 150
+    assert [counts[f"{name}_couplets"] for name in sides] == [len(side) for side in sides.values()]
+    assert counts["validation_overlap_dropped"] + counts["test_overlap_dropped"] > 0
     poems = [poet.couplets_of("".join(p["paragraphs"]), 5) for p in trained["poems"]]
-    test_side = [p for p in poems if set(p) & set(test)]
-    train_side = [p for p in poems if not set(p) & set(test)]
-    assert 15 <= len(test_side) <= 30  # 20% of the poems, less those wholly seen in training
+    held_out = set(validation) | set(test)
+    train_side = [p for p in poems if not set(p) & held_out]
     assert all(set(p) <= set(train) for p in train_side)
-    # A held-out poem's couplet is either held out or also in a training poem.
-    seen = {c for p in train_side for c in p}
-    assert all(c in test or c in seen for p in test_side for c in p)
+    # A held-out poem's couplet is either held out or also on an earlier side.
+    seen = set(train) | set(validation)
+    assert all(c in held_out or c in seen for p in poems if set(p) & held_out for c in p)
     assert (root / "data" / "test.txt").read_text("utf-8").splitlines()[0][5] == " "
+
+
+def test_train_stops_on_the_validation_loss_and_reports_what_chose(trained):
+    summary, config = trained["summary"], trained["config"]
+    curves = pd.read_csv(trained["root"] / "curves.csv")
+    assert summary["epochs_run"] == len(curves) <= config.train.epochs
+    assert summary["best_epoch"] == int(curves["val_loss"].idxmin()) + 1
+    assert summary["best_epoch"] > 1
+    if summary["epochs_run"] < config.train.epochs:  # stopped early: patience epochs after
+        assert summary["epochs_run"] == summary["best_epoch"] + config.train.patience
+    assert summary["validation_recon_acc"] > summary["validation_recon_acc_prior_mean"]
+    for t in (0, 0.5, 0.8, 1, 1.2):
+        assert 0 <= summary[f"samples_t{t:g}_distinct_2"] <= 1
 
 
 def test_prepare_names_a_folder_without_poems(tmp_path):
@@ -161,6 +190,19 @@ def test_gated_conv_saves_and_loads_as_keras(tmp_path):
 def test_gated_conv_residual_needs_the_inputs_width():
     with pytest.raises(ValueError, match="residual needs units == the input's channels"):
         GatedConv1D(3, residual=True)(np.zeros((1, 4, 5), dtype=np.float32))
+
+
+def test_kl_warmup_ramps_training_only_validation_weighs_the_kl_fully():
+    loss = WeightedOutput(0.0)
+    warmup = KLWarmup(loss, target=2.0, steps=10)
+    warmup.set_model(type("Model", (), {"optimizer": keras.optimizers.Adam()})())
+    warmup.model.optimizer.iterations.assign(5)
+    warmup.on_train_batch_begin(0)
+    assert float(loss.weight.numpy()) == pytest.approx(1.0)
+    warmup.on_test_begin()
+    assert float(loss.weight.numpy()) == pytest.approx(2.0)
+    warmup.on_train_batch_begin(1)
+    assert float(loss.weight.numpy()) == pytest.approx(1.0)
 
 
 def test_kl_is_zero_at_the_prior_and_matches_a_hand_computation():
@@ -218,11 +260,19 @@ def test_sample_quality_by_hand():
 
 def test_tiny_vae_reconstructs_held_out_couplets_better_than_the_prior_mean(trained):
     root = trained["root"]
-    metrics = poet.evaluate(
+    metrics, scores = poet.evaluate(
         trained["config"], root / "data", root / "vocab.json", root / "model", root / "plots"
     )
+    assert metrics["test_overlap"] == 0
     assert metrics["well_formed"] == 1.0 and metrics["argmax_well_formed"] == 1.0
-    assert metrics["recon_acc"] > metrics["prior_recon_acc"] + 0.2
+    [reconstruction] = scores
+    assert reconstruction.metric == poet.SCORE
+    assert len(reconstruction.model) == len(reconstruction.baselines["prior_mean"])
+    assert len(reconstruction.model) == metrics["test_couplets"]
+    config = stats.BootstrapConfig(samples=200, confidence=0.95, seed=0)
+    figures = stats.comparisons(scores, config)
+    assert figures["recon_acc"] > figures["recon_acc_prior_mean"] + 0.2
+    assert figures["recon_acc_vs_prior_mean_low"] > 0
     assert (
         metrics["samples"] == 200 and metrics["test_couplets"] == trained["counts"]["test_couplets"]
     )

@@ -78,7 +78,10 @@ class KLWarmup(keras.callbacks.Callback):
     """Raise the KL term's weight linearly from 0 to `target` over the first `steps` batches.
     With the full weight from the start, the KL term wins before the decoder has learnt to
     read the codes: the encoder gives up on them (posterior collapse) and every code decodes
-    alike. The optimizer's step count drives it, so a resumed training picks up the ramp."""
+    alike. The optimizer's step count drives it, so a resumed training picks up the ramp.
+
+    Validation always weighs the KL at `target`: the validation loss is then the objective
+    the ramp ends at, comparable from epoch to epoch (early stopping reads it)."""
 
     def __init__(self, loss: WeightedOutput, target: float, steps: int):
         super().__init__()
@@ -87,3 +90,6 @@ class KLWarmup(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         done = int(self.model.optimizer.iterations.numpy())
         self.loss.weight.assign(self.target * min(1.0, done / max(1, self.steps)))
+
+    def on_test_begin(self, logs=None):
+        self.loss.weight.assign(self.target)

@@ -17,8 +17,13 @@ and unknown ids are never drawn. Here the decoder ends in logits (the softmax is
 loss), which is the same model and makes the temperature a division.
 
 Data: the Tang poems of chinese-poetry (traditional characters, as in the corpus); every
-sentence of a poem that is two five-character lines is a couplet. The split is by poem
-(seeded), and a held-out couplet that also occurs in a training poem is dropped.
+sentence of a poem that is two five-character lines is a couplet. The split into train,
+validation and test is by poem (seeded, kexue.splits), and a held-out couplet that also
+occurs on an earlier side (a validation couplet in a training poem, a test couplet in a
+training or validation poem) is dropped.
+
+Training stops early on the validation loss, the summed cross-entropy plus the KL at its
+full weight (the warm-up ramps the weight for training only), so epochs compare alike.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data.corpora import matching_files, read_titled_texts
 from kexue.errors import DataError
 from kexue.layers.gated_conv import GatedConv1D
@@ -62,11 +67,11 @@ SENTENCE_END = re.compile(r"[。！？；!?;]")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(splits.SplitConfig):
+    """The split's fractions (of poems) and seed, and what a couplet is."""
+
     include: list[str]  # glob patterns inside a corpus folder
     line_chars: int  # 5: pentasyllabic (the post); 7 would take heptasyllabic couplets
-    test_fraction: float  # of poems
-    split_seed: int
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class TrainConfig:
     kl_weight: float  # the post: 1 (the plain evidence lower bound)
     kl_warmup_couplets: int  # the KL weight rises from 0 over this many couplets; the post: 0
     max_couplets: int | None  # a seeded subset of the training couplets (None: all)
-    validation_fraction: float
+    patience: int | None  # epochs without a lower validation loss before stopping
 
 
 @dataclass(frozen=True)
@@ -132,22 +137,25 @@ def couplets_of(text: str, line_chars: int) -> list[str]:
 
 
 def split_poems(
-    poems: list[list[str]], test_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """(train, test) couplets: whole poems go to one side (seeded), each couplet once; a test
-    couplet that a training poem also has is dropped, so no test couplet was trained on."""
-    order = list(range(len(poems)))
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(poems) * test_fraction))
-    test_poems = set(order[:n_test])
-    train = list(dict.fromkeys(c for i, p in enumerate(poems) if i not in test_poems for c in p))
-    seen = set(train)
-    test = list(dict.fromkeys(c for i in sorted(test_poems) for c in poems[i] if c not in seen))
-    return train, test
+    poems: list[list[str]], config: splits.SplitConfig, where: str
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """({"train", "validation", "test"}: couplets, each once a side; the counts dropped):
+    whole poems go to one side (seeded); a held-out couplet that an earlier side also has
+    is dropped, so no test couplet was trained on or chosen on."""
+    numbered = [(number, couplet) for number, poem in enumerate(poems) for couplet in poem]
+    sides = splits.split_groups(numbered, lambda item: item[0], config, where)
+    couplets = {name: list(dict.fromkeys(c for _, c in side)) for name, side in sides.items()}
+    return splits.drop_overlap(couplets, normalised)
+
+
+def normalised(couplet: str) -> str:
+    """A couplet as the model reads it: its characters, punctuation gone (couplets_of)."""
+    return couplet
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """Poems of the corpora -> train.txt and test.txt, a couplet a line ("line line")."""
+    """Poems of the corpora -> train.txt, validation.txt and test.txt, a couplet a line
+    ("line line")."""
     data = config.data
     files = matching_files(corpora, data.include, "poet.data.include")
     poems = [couplets_of(p.text, data.line_chars) for f in files for p in read_titled_texts(f)]
@@ -157,12 +165,13 @@ def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int
             f"{corpora[0]}: {len(poems)} poems with {data.line_chars}-character couplets; "
             "need at least 2 to split"
         )
-    train, test = split_poems(poems, data.test_fraction, data.split_seed)
-    if not train or not test:
-        raise DataError(f"{corpora[0]}: the split left no {'test' if train else 'train'} couplet")
-    for split, couplets in {"train": train, "test": test}.items():
+    sides, dropped = split_poems(poems, data, f"{corpora[0]}: poems")
+    for split, couplets in sides.items():
+        if not couplets:
+            raise DataError(f"{corpora[0]}: the split left no {split} couplet")
         io.write_lines(out_dir / f"{split}.txt", [as_lines(c) for c in couplets])
-    return {"poems": len(poems), "train_couplets": len(train), "test_couplets": len(test)}
+    counts = {f"{split}_couplets": len(couplets) for split, couplets in sides.items()}
+    return {"poems": len(poems), **counts, **dropped}
 
 
 def as_lines(couplet: str) -> str:
@@ -265,13 +274,17 @@ def train(
     model_dir: Path,
     curves_file: Path,
 ) -> dict[str, float]:
+    """Fit on the training couplets, stop early on the validation couplets' loss; the
+    validation figures that chose, and the prior samples' figures the serving
+    temperature is read on."""
     strategy = training.setup(runtime)
     vocab = Vocabulary.load(vocab_file)
-    couplets = read_couplets(data_dir / "train.txt", config.data.line_chars)
+    line_chars = config.data.line_chars
+    couplets = read_couplets(data_dir / "train.txt", line_chars)
     random.Random(runtime.seed).shuffle(couplets)
     if config.train.max_couplets is not None:
         couplets = couplets[: config.train.max_couplets]
-    validation, couplets = training.hold_out(couplets, config.train.validation_fraction)
+    validation = read_couplets(data_dir / "validation.txt", line_chars)
     batch = training.global_batch_size(config.train.batch_size, strategy)
     kl_loss = WeightedOutput(config.train.kl_weight)
     with strategy.scope():
@@ -293,16 +306,59 @@ def train(
         curves_path=curves_file,
         backup_dir=Path(runtime.backup_dir),
         extra_callbacks=[warmup],
+        patience=config.train.patience,
     )
     training.save_model(model, model_dir / MODEL_FILE)
-    last = {name: values[-1] for name, values in history.history.items()}
+    sampler = CoupletSampler(model, vocab, config.serve.batch_size)
+    train_lines = lines_of(read_couplets(data_dir / "train.txt", line_chars), line_chars)
     return {
         "train_couplets": len(couplets),
-        "final_loss": last["loss"],
-        "final_kl": last["kl_nats"],
-        "final_val_loss": last["val_loss"],
-        "final_val_char_accuracy": last["val_couplet_char_accuracy"],
+        "validation_couplets": len(validation),
+        "epochs_run": len(history.history["loss"]),
+        **training.best_epoch(history),
+        **validation_reconstruction(sampler, validation),
+        **prior_sample_figures(sampler, train_lines, config),
     }
+
+
+def validation_reconstruction(sampler: CoupletSampler, validation: list[str]) -> dict:
+    """Validation reconstruction accuracy from the couplets' codes and from the prior's mean."""
+    codes = sampler.codes(validation)
+    return {
+        "validation_recon_acc": float(np.mean(reconstruction_accuracy(sampler, validation, codes))),
+        "validation_recon_acc_prior_mean": float(
+            np.mean(reconstruction_accuracy(sampler, validation, np.zeros_like(codes)))
+        ),
+    }
+
+
+def prior_sample_figures(sampler: CoupletSampler, train_lines: set[str], config: Config) -> dict:
+    """Well-formed, novel-line and distinct-2 figures of `evaluate.samples` codes from the
+    prior at argmax and at every temperature of the sweep and the serving one: what the
+    serving temperature is read on (no held-out data involved)."""
+    rows = temperature_sweep(sampler, train_lines, config)[0]
+    keys = ("well_formed", "novel_lines", "distinct_2")
+    return {f"samples_t{row['temperature']:g}_{key}": row[key] for row in rows for key in keys}
+
+
+def temperature_sweep(sampler: CoupletSampler, train_lines: set[str], config: Config):
+    """([{"temperature", figures...}] for argmax (temperature 0) and each temperature,
+    {temperature: couplets}, argmax couplets): one set of prior codes for every setting."""
+    line_chars, evaluation = config.data.line_chars, config.evaluate
+    rng = np.random.default_rng(evaluation.seed)
+    codes = sampler.prior_codes(evaluation.samples, rng)
+    temperatures = sorted({*evaluation.temperatures, config.serve.temperature})
+    sampled = {t: sampler.text(sampler.draw(codes, t, rng)) for t in temperatures}
+    greedy = sampler.text(sampler.draw(codes, None, rng))
+    rows = [{"temperature": 0.0, **sample_quality(greedy, train_lines, line_chars)}] + [
+        {"temperature": t, **sample_quality(sampled[t], train_lines, line_chars)}
+        for t in temperatures
+    ]
+    return rows, sampled, greedy, rng
+
+
+def lines_of(couplets: list[str], line_chars: int) -> set[str]:
+    return {c[i : i + line_chars] for c in couplets for i in (0, line_chars)}
 
 
 # -- sampling -----------------------------------------------------------------------------
@@ -411,10 +467,11 @@ def sample_quality(couplets: list[str], train_lines: set[str], line_chars: int) 
     }
 
 
-def reconstruction_accuracy(sampler: CoupletSampler, couplets: list[str], codes) -> float:
-    """Share of characters the argmax decoding of `codes` gets right, position by position."""
+def reconstruction_accuracy(sampler: CoupletSampler, couplets: list[str], codes) -> np.ndarray:
+    """Per couplet, the share of its characters the argmax decoding of `codes` gets right,
+    position by position."""
     decoded = sampler.draw(codes, None, None)
-    return float(np.mean(decoded == encode(couplets, sampler.vocab)))
+    return np.mean(decoded == encode(couplets, sampler.vocab), axis=1)
 
 
 def interpolation(sampler: CoupletSampler, start: str, end: str, steps: int) -> list[str]:
@@ -426,46 +483,45 @@ def interpolation(sampler: CoupletSampler, start: str, end: str, steps: int) -> 
 
 def evaluate(
     config: Config, data_dir: Path, vocab_file: Path, model_dir: Path, plots_dir: Path
-) -> dict[str, float]:
-    """On `evaluate.samples` codes from the prior: well-formed, novel and distinct-2 at the
-    serving temperature, at argmax and over a temperature sweep; held-out reconstruction
-    accuracy from the codes, and from the prior's mean as a floor; samples and an
-    interpolation as text."""
-    line_chars, evaluation = config.data.line_chars, config.evaluate
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """Per held-out couplet, the reconstruction accuracy from its code (SCORE) and from the
+    prior's mean (the floor: what the decoder gives any couplet); on `evaluate.samples`
+    codes from the prior: well-formed, novel and distinct-2 at the serving temperature, at
+    argmax and over a temperature sweep; samples and an interpolation as text."""
+    line_chars = config.data.line_chars
     sampler = CoupletSampler.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size)
     train_couplets = read_couplets(data_dir / "train.txt", line_chars)
-    train_lines = {c[i : i + line_chars] for c in train_couplets for i in (0, line_chars)}
+    validation = read_couplets(data_dir / "validation.txt", line_chars)
     test = read_couplets(data_dir / "test.txt", line_chars)
-    rng = np.random.default_rng(evaluation.seed)
-    codes = sampler.prior_codes(evaluation.samples, rng)  # one set of codes for every setting
-    temperatures = sorted({*evaluation.temperatures, config.serve.temperature})
-    sampled = {t: sampler.text(sampler.draw(codes, t, rng)) for t in temperatures}
-    greedy = sampler.text(sampler.draw(codes, None, rng))
-    metrics = {
-        **sample_quality(sampled[config.serve.temperature], train_lines, line_chars),
-        **{f"argmax_{k}": v for k, v in sample_quality(greedy, train_lines, line_chars).items()},
-    }
-    test_codes = sampler.codes(test)
-    metrics.update(
-        recon_acc=reconstruction_accuracy(sampler, test, test_codes),
-        prior_recon_acc=reconstruction_accuracy(sampler, test, np.zeros_like(test_codes)),
-        test_code_norm=float(np.mean(np.linalg.norm(test_codes, axis=1))),
-        temperature=config.serve.temperature,
-        samples=len(codes),
-        test_couplets=len(test),
+    rows, sampled, greedy, rng = temperature_sweep(
+        sampler, lines_of(train_couplets, line_chars), config
     )
-    sweep = [{"temperature": 0.0, **sample_quality(greedy, train_lines, line_chars)}] + [
-        {"temperature": t, **sample_quality(sampled[t], train_lines, line_chars)}
-        for t in temperatures
-    ]
-    io.write_json(plots_dir / "temperature.json", sweep)
+    served = next(row for row in rows[1:] if row["temperature"] == config.serve.temperature)
+    test_codes = sampler.codes(test)
+    reconstruction = stats.Scores(
+        SCORE,
+        reconstruction_accuracy(sampler, test, test_codes),
+        {"prior_mean": reconstruction_accuracy(sampler, test, np.zeros_like(test_codes))},
+    )
+    metrics = {
+        **{k: v for k, v in served.items() if k != "temperature"},
+        **{f"argmax_{k}": v for k, v in rows[0].items() if k != "temperature"},
+        "test_code_norm": float(np.mean(np.linalg.norm(test_codes, axis=1))),
+        "temperature": config.serve.temperature,
+        "samples": config.evaluate.samples,
+        "test_couplets": len(test),
+        "test_overlap": splits.overlap(
+            map(normalised, test), map(normalised, train_couplets + validation)
+        ),
+    }
+    io.write_json(plots_dir / "temperature.json", rows)
     ends = [test[i] for i in rng.choice(len(test), 2, replace=False)] if len(test) > 1 else test * 2
-    path = interpolation(sampler, ends[0], ends[1], evaluation.interpolation_steps)
+    path = interpolation(sampler, ends[0], ends[1], config.evaluate.interpolation_steps)
     io.write_text(
         plots_dir / "samples.txt",
         samples_text(sampled[config.serve.temperature], greedy, ends, path, config),
     )
-    return metrics
+    return metrics, [reconstruction]
 
 
 def samples_text(sampled, greedy, ends, path, config: Config) -> str:
