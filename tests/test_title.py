@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, serving, tracking
+from kexue import cli, params, serving, splits, stats, tracking
 from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
 from kexue.errors import DataError
 from kexue.models import title
@@ -29,15 +29,28 @@ def tiny_config(**data) -> title.Config:
     return dataclasses.replace(
         config,
         data=dataclasses.replace(
-            config.data, **{"min_text_chars": 4, "max_pairs": None, "test_fraction": 0.2, **data}
+            config.data,
+            **{
+                "min_text_chars": 4,
+                "max_pairs": None,
+                "validation_fraction": 0.1,
+                "test_fraction": 0.2,
+                **data,
+            },
         ),
         vocab=dataclasses.replace(config.vocab, min_count=1),
         model=title.ModelConfig(
             embedding_dim=16, hidden_dim=32, encoder_layers=1, attention_heads=2, dropout=0.0
         ),
         train=dataclasses.replace(
-            config.train, epochs=20, batch_size=16, learning_rate=0.02, length_buckets=[8]
+            config.train,
+            epochs=20,
+            patience=20,  # the copy is learnt late: keep the best of all 20 epochs
+            batch_size=16,
+            learning_rate=0.02,
+            length_buckets=[8],
         ),
+        decode=dataclasses.replace(config.decode, candidate_widths=[1, 3], beam_width=3),
         serve=dataclasses.replace(config.serve, batch_size=4),
     )
 
@@ -103,10 +116,15 @@ def test_prepare_poems_cleans_and_splits_by_title(tmp_path):
     (tmp_path / "tang" / "authors.tang.json").write_text("not read: include is poet.*")
     config = tiny_config(include=["tang/poet.*.json"], max_per_title=3)
     counts = title.prepare(config, [tmp_path], tmp_path / "out")
-    assert counts["files"] == 1 and counts["train_pairs"] + counts["test_pairs"] == 2 + 8 + 3
-    train = read_titled_texts(tmp_path / "out" / "train.jsonl")
-    test = read_titled_texts(tmp_path / "out" / "test.jsonl")
-    assert {p.title for p in train} & {p.title for p in test} == set()
+    sides = {side: f"{side}_pairs" for side in splits.SPLITS}
+    assert counts["files"] == 1 and sum(counts[key] for key in sides.values()) == 2 + 8 + 3
+    assert counts["validation_pairs"] > 0 and counts["test_pairs"] > 0
+    train, validation, test = (
+        read_titled_texts(tmp_path / "out" / f"{side}.jsonl") for side in splits.SPLITS
+    )
+    titles = [{p.title for p in side} for side in (train, validation, test)]
+    assert titles[0] & titles[1] == titles[0] & titles[2] == titles[1] & titles[2] == set()
+    train += validation
     # The series number is dropped, and the series stays on one side of the split.
     series = [p for p in train + test if p.title == "帝京篇十首"]
     assert [p.text for p in series] in (
@@ -150,7 +168,9 @@ def test_long_texts_are_cut_and_long_titles_dropped(tmp_path):
         [{"text": "春" * 100, "title": "長文"}, {"text": "秋月", "title": "太" * 30}] * 1
         + [{"text": "夏 日\n長", "title": "夏 日"}],
     )
-    config = tiny_config(max_text_chars=10, min_text_chars=2, test_fraction=0.01)
+    config = tiny_config(
+        max_text_chars=10, min_text_chars=2, validation_fraction=0, test_fraction=0.01
+    )
     title.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
     pairs = read_titled_texts(tmp_path / "out" / "train.jsonl")
     pairs += read_titled_texts(tmp_path / "out" / "test.jsonl")
@@ -193,7 +213,7 @@ def test_bad_corpus_gives_one_line_naming_file_and_line(tmp_path, name, content,
 
 def test_too_few_pairs_for_both_splits(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"text": "春眠不覺曉", "title": "春曉"}])
-    with pytest.raises(DataError, match="1 pairs with 1 titles cannot fill both splits"):
+    with pytest.raises(DataError, match="1 groups cannot give 1 to test, 1 to validation"):
         title.prepare(tiny_config(), [tmp_path / "p.jsonl"], tmp_path / "out")
 
 
@@ -219,8 +239,37 @@ def test_tiny_model_learns(trained_title):
     rows = (trained_title["root"] / "curves.csv").read_text().splitlines()
     assert rows[0].split(",")[:3] == ["epoch", "loss", "val_loss"]
     losses = [float(r.split(",")[1]) for r in rows[1:]]
-    assert len(losses) == trained_title["config"].train.epochs
+    assert trained_title["summary"]["best_epoch"] <= len(losses)
+    assert len(losses) <= trained_title["config"].train.epochs
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_no_held_out_text_as_the_model_reads_it_is_seen(tmp_path):
+    """A text repeated under another title, or the same once cut and compacted, stays on
+    the first side that has it; the held-out sides share no title with training."""
+    rows = tiny_pairs(300, seed=2)
+    rows += [{"text": "春夏秋冬山水風月花雲", "title": f"重{i}"} for i in range(10)]
+    rows += [{"text": "春夏秋冬 山水風月花雲江湖", "title": f"又{i}"} for i in range(10)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    config = tiny_config(max_text_chars=10)
+    counts = title.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
+    sides = {s: read_titled_texts(tmp_path / "out" / f"{s}.jsonl") for s in splits.SPLITS}
+    texts = {s: [title.model_text(p.text, 10) for p in rows] for s, rows in sides.items()}
+    assert splits.overlap(texts["validation"], texts["train"]) == 0
+    assert splits.overlap(texts["test"], texts["train"] + texts["validation"]) == 0
+    assert len(texts["test"]) == counts["test_pairs"] > 0
+    titles = {s: {p.title for p in rows} for s, rows in sides.items()}
+    assert splits.overlap(titles["test"], titles["train"] | titles["validation"]) == 0
+
+
+def test_train_chooses_the_beam_width_on_validation(trained_title):
+    summary = trained_title["summary"]
+    assert summary["validation_pairs"] > 0
+    widths = trained_title["config"].decode.candidate_widths
+    figures = {w: summary[f"validation_rouge_l_beam_{w}"] for w in widths}
+    assert summary["validation_best_beam_width"] in widths
+    assert figures[summary["validation_best_beam_width"]] == max(figures.values())
+    assert {"best_epoch", "best_val_loss"} <= set(summary)
 
 
 def test_model_saves_and_loads_with_identical_outputs(tmp_path):
@@ -252,21 +301,43 @@ def test_generator_titles_raw_text(generator, trained_title):
 
 def test_evaluate_scores_model_and_baselines(trained_title, tmp_path):
     config = trained_title["config"]
-    metrics = title.evaluate(
+    metrics, scores = title.evaluate(
         config, trained_title["data"], trained_title["vocab"], trained_title["model_dir"], tmp_path
     )
-    for prefix in ("", "greedy_", "nn_", "firstk_"):
-        assert {f"{prefix}{m}" for m in ("rouge_1", "rouge_2", "rouge_l", "exact")} <= set(metrics)
+    assert metrics["test_overlap"] == 0
+    by_metric = {score.metric: score for score in scores}
+    assert list(by_metric) == [title.SCORE, "rouge_2", "rouge_1"]
+    for score in scores:
+        # Beam 3 is served: greedy decoding is compared with it.
+        assert set(score.baselines) == {"nearest_title", "first_k", "greedy"}
+        assert all(
+            len(v) == metrics["test_pairs"] for v in [score.model, *score.baselines.values()]
+        )
+    figures = stats.comparisons(scores, stats.BootstrapConfig(200, 0.95, 0))
     # first_k (the default, longer than the 2-character titles) keeps ROUGE below 1.
-    assert metrics["firstk_rouge_1"] == pytest.approx(2 * 2 / (2 + config.evaluate.first_k))
+    assert figures["rouge_1_first_k"] == pytest.approx(2 * 2 / (2 + config.evaluate.first_k))
     # Attention learns the copy: most titles are exactly right, far above both baselines.
     assert metrics["exact"] > 0.8
-    assert metrics["rouge_l"] > max(metrics["nn_rouge_l"], metrics["firstk_rouge_l"]) + 0.2
+    assert (
+        figures["rouge_l"] > max(figures["rouge_l_nearest_title"], figures["rouge_l_first_k"]) + 0.2
+    )
+    assert figures["rouge_l_vs_first_k_low"] > 0
     systems = json.loads((tmp_path / "systems.json").read_text())
     assert [s["system"] for s in systems][0].startswith("seq2seq, beam")
+    assert set(systems[0]) == {"system", "rouge_1", "rouge_2", "rouge_l"}
+    assert systems[0]["rouge_l"] == pytest.approx(figures["rouge_l"])
     samples = json.loads((tmp_path / "samples.json").read_text())
     assert len(samples) == min(config.evaluate.samples, metrics["test_pairs"])
     assert set(samples[0]) == {"text", "title", "generated", "nearest_title"}
+
+
+def test_greedy_is_no_baseline_when_it_is_served(trained_title, tmp_path):
+    config = trained_title["config"]
+    greedy = dataclasses.replace(config, decode=dataclasses.replace(config.decode, beam_width=1))
+    _, scores = title.evaluate(
+        greedy, trained_title["data"], trained_title["vocab"], trained_title["model_dir"], tmp_path
+    )
+    assert set(scores[0].baselines) == {"nearest_title", "first_k"}
 
 
 # -- serving --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data.corpora import read_segmented, split_sentences
 from kexue.layers.crf import CRF
 from kexue.serving import ServeConfig
@@ -41,10 +42,11 @@ DESCRIPTION = (
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    test_fraction: float
+class DataConfig(splits.SplitConfig):
+    """The split of the paragraphs (validation_fraction, test_fraction, split_seed), then
+    the longest sentence."""
+
     max_sentence_chars: int
-    split_seed: int
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     max_sentences: int | None
-    validation_fraction: float
+    patience: int  # epochs without a lower validation loss before stopping
     length_buckets: list[int]
 
 
@@ -87,19 +89,29 @@ class Config:
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """Split the corpus by paragraph into train/test, then into sentences (one per line)."""
+    """Split the corpus by paragraph into train / validation / test, then into sentences
+    (one per line); a held-out sentence the model would see as it sees an earlier side's
+    (captions, boilerplate) is dropped."""
     paragraphs = [words for corpus in corpora for words in read_segmented(corpus)]
-    random.Random(config.data.split_seed).shuffle(paragraphs)
-    n_test = max(1, round(len(paragraphs) * config.data.test_fraction))
-    splits = {"test": paragraphs[:n_test], "train": paragraphs[n_test:]}
-    counts = {}
-    for split, rows in splits.items():
-        sentences = [
-            s for words in rows for s in split_sentences(words, config.data.max_sentence_chars)
+    by_paragraph = splits.split_groups(
+        list(range(len(paragraphs))), lambda i: i, config.data, f"{corpora[0]} (crf.data)"
+    )
+    sentences = {
+        side: [
+            s for i in rows for s in split_sentences(paragraphs[i], config.data.max_sentence_chars)
         ]
-        io.write_lines(out_dir / f"{split}.txt", [" ".join(s) for s in sentences])
-        counts[f"{split}_sentences"] = len(sentences)
+        for side, rows in by_paragraph.items()
+    }
+    sentences, counts = splits.drop_overlap(sentences, normalised)
+    for side, rows in sentences.items():
+        io.write_lines(out_dir / f"{side}.txt", [" ".join(s) for s in rows])
+        counts[f"{side}_sentences"] = len(rows)
     return counts
+
+
+def normalised(words: list[str]) -> str:
+    """A sentence's characters as the model sees them: the key of the overlap check."""
+    return full_width("".join(words))
 
 
 def read_sentences(path: Path) -> list[list[str]]:
@@ -178,13 +190,15 @@ def train(
     model_dir: Path,
     curves_file: Path,
 ) -> dict[str, float]:
+    """Fit on the train split, stopping early on the validation loss; the validation
+    figures: the best epoch's losses and the word F1 of the kept weights."""
     strategy = training.setup(runtime)
     vocab = Vocabulary.load(vocab_file)
     sentences = read_sentences(data_dir / "train.txt")
-    random.Random(runtime.seed).shuffle(sentences)
+    validation = read_sentences(data_dir / "validation.txt")
     if config.train.max_sentences is not None:
+        random.Random(runtime.seed).shuffle(sentences)
         sentences = sentences[: config.train.max_sentences]
-    validation, sentences = training.hold_out(sentences, config.train.validation_fraction)
     batch = training.global_batch_size(config.train.batch_size, strategy)
     train_config = dataclasses.replace(config.train, batch_size=batch)
     with strategy.scope():
@@ -199,9 +213,17 @@ def train(
         epochs=config.train.epochs,
         curves_path=curves_file,
         backup_dir=Path(runtime.backup_dir),
+        patience=config.train.patience,
     )
     training.save_model(model, model_dir / MODEL_FILE)
-    return {"train_sentences": len(sentences), "final_loss": history.history["loss"][-1]}
+    segmenter = Segmenter(model, vocab, config.train.batch_size)
+    validation_counts = word_counts(validation, segmenter.segment(char_sequences(validation)))
+    return {
+        "train_sentences": len(sentences),
+        "validation_sentences": len(validation),
+        **training.best_epoch(history),
+        "validation_f1": stats.figure(validation_counts, stats.f1_from_counts),
+    }
 
 
 # -- inference ----------------------------------------------------------------------------
@@ -253,25 +275,50 @@ class Segmenter:
         return [[w for _ in text_pieces for w in next(flat_words)] for text_pieces in pieces]
 
 
+def word_counts(gold: list[list[str]], predicted: Iterable[list[str]]) -> np.ndarray:
+    """(sentences, 3): each sentence's (correct, predicted, gold) word counts."""
+    rows = []
+    for gold_words, words in zip(gold, predicted, strict=True):
+        counts = WordScores()
+        counts.add(gold_words, words)
+        rows.append((counts.correct, counts.predicted, counts.gold))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
 def evaluate(
     config: Config, data_dir: Path, vocab_file: Path, model_dir: Path, plots_dir: Path
-) -> dict[str, float]:
-    """Word precision/recall/F1 of the model and of jieba on the same test sentences; writes
-    the character-level F1 of each BMES tag as a plot."""
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """Word F1 of the model and of jieba (untrained) on the same test sentences, per
+    sentence, plus precision and recall; writes the character-level F1 of each BMES tag."""
     segmenter = Segmenter.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size)
     gold = read_sentences(data_dir / "test.txt")
     texts = char_sequences(gold)
-    model_scores, jieba_scores = WordScores(), WordScores()
     jieba = Jieba(hmm=config.jieba.hmm)
-    for gold_words, words in zip(gold, segmenter.segment(texts), strict=True):
-        model_scores.add(gold_words, words)
-    for gold_words, text in zip(gold, texts, strict=True):
-        jieba_scores.add(gold_words, jieba.cut(text))
-    metrics = {**model_scores.as_dict(), **jieba_scores.as_dict("jieba_")}
-    metrics.update(test_sentences=len(gold), test_words=model_scores.gold)
+    systems = {
+        "model": word_counts(gold, segmenter.segment(texts)),
+        "jieba": word_counts(gold, (jieba.cut(text) for text in texts)),
+    }
+    seen = [
+        normalised(s)
+        for side in ("train", "validation")
+        for s in read_sentences(data_dir / f"{side}.txt")
+    ]
+    metrics = {
+        "test_sentences": len(gold),
+        "test_words": int(systems["model"][:, 2].sum()),
+        "test_overlap": splits.overlap(map(normalised, gold), seen),
+    }
+    for name, counts in systems.items():
+        suffix = "" if name == "model" else f"_{name}"
+        correct, predicted, actual = counts.sum(axis=0)
+        metrics[f"precision{suffix}"] = float(correct / predicted) if predicted else 0.0
+        metrics[f"recall{suffix}"] = float(correct / actual) if actual else 0.0
     per_tag = tag_f1("".join(bmes_tags(s) for s in gold), "".join(segmenter.tag(texts)))
     io.write_json(plots_dir / "tags.json", per_tag)
-    return metrics
+    f1 = stats.Scores(
+        SCORE, systems["model"], {"jieba": systems["jieba"]}, statistic=stats.f1_from_counts
+    )
+    return metrics, [f1]
 
 
 def tag_f1(gold_tags: str, predicted_tags: str) -> list[dict]:

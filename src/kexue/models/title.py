@@ -27,7 +27,7 @@ import tensorflow as tf
 from keras import ops
 from scipy.special import log_softmax
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.data.corpora import TitledText, matching_files, read_titled_texts
 from kexue.decoding import beam_search
 from kexue.errors import DataError
@@ -50,7 +50,10 @@ NEVER_GENERATED = [PAD_ID, UNK_ID, START_ID]
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(splits.SplitConfig):
+    """The split of the titles (validation_fraction, test_fraction, split_seed), then the
+    corpus filters."""
+
     include: list[str]
     min_text_chars: int
     max_text_chars: int
@@ -59,8 +62,6 @@ class DataConfig:
     drop_titles: list[str]
     max_per_title: int | None
     max_pairs: int | None
-    test_fraction: float
-    split_seed: int
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,13 @@ class TrainConfig:
     epochs: int
     batch_size: int
     learning_rate: float
-    validation_fraction: float
+    patience: int  # epochs without a lower validation loss before stopping
     length_buckets: list[int]
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    candidate_widths: list[int]  # tried on validation by the train stage (1: greedy)
     beam_width: int
     max_beam_width: int
 
@@ -115,6 +117,11 @@ def compact(text: str) -> str:
     return "".join(text.split())
 
 
+def model_text(text: str, max_text_chars: int) -> str:
+    """The text as the model reads it: compact, cut to `max_text_chars`."""
+    return compact(text)[:max_text_chars]
+
+
 def clean_pairs(pairs: list[TitledText], data: DataConfig) -> list[TitledText]:
     """Compact, filter by length and placeholder titles, cut long texts, drop repeated texts,
     keep at most `max_per_title` texts of one title (a series of 300 poems is one title)."""
@@ -128,7 +135,7 @@ def clean_pairs(pairs: list[TitledText], data: DataConfig) -> list[TitledText]:
             continue
         if data.max_per_title is not None and per_title[title] >= data.max_per_title:
             continue
-        text = text[: data.max_text_chars]
+        text = model_text(text, data.max_text_chars)
         if text not in seen:
             seen.add(text)
             per_title[title] += 1
@@ -136,27 +143,11 @@ def clean_pairs(pairs: list[TitledText], data: DataConfig) -> list[TitledText]:
     return kept
 
 
-def split_by_title(
-    pairs: list[TitledText], test_fraction: float, seed: int
-) -> tuple[list[TitledText], list[TitledText]]:
-    """A fixed split in which all texts sharing a title fall on the same side: a series of
-    poems ("…十首") or a common title must not be learnt from its own test siblings."""
-    per_title = Counter(p.title for p in pairs)
-    titles = sorted(per_title)
-    random.Random(seed).shuffle(titles)
-    n_test, counted, test_titles = max(1, round(len(pairs) * test_fraction)), 0, set()
-    for title in titles:
-        if counted >= n_test:
-            break
-        test_titles.add(title)
-        counted += per_title[title]
-    train = [p for p in pairs if p.title not in test_titles]
-    test = [p for p in pairs if p.title in test_titles]
-    return train, test
-
-
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """(text, title) pairs of the corpora -> cleaned, capped, split by title into JSONL files."""
+    """(text, title) pairs of the corpora -> cleaned, capped, split by title into train /
+    validation / test JSONL files: a series of poems ("…十首") or a common title is not
+    learnt from its own held-out siblings. A held-out pair whose text, as the model reads
+    it, occurs on an earlier side is dropped."""
     files = matching_files(corpora, config.data.include, "title.data.include")
     pairs = clean_pairs([p for f in files for p in read_titled_texts(f)], config.data)
     if not pairs:
@@ -164,16 +155,17 @@ def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int
     random.Random(config.data.split_seed).shuffle(pairs)
     if config.data.max_pairs is not None:
         pairs = pairs[: config.data.max_pairs]
-    train, test = split_by_title(pairs, config.data.test_fraction, config.data.split_seed)
-    if not train or not test:
-        raise DataError(
-            f"{corpora[0]}: {len(pairs)} pairs with {len({p.title for p in pairs})} titles "
-            "cannot fill both splits; check title.data (test_fraction, filters)"
-        )
-    for split, rows in {"train": train, "test": test}.items():
+    by_title = splits.split_groups(
+        pairs, lambda p: p.title, config.data, f"{corpora[0]} (title.data: fractions, filters)"
+    )
+    by_title, counts = splits.drop_overlap(
+        by_title, lambda p: model_text(p.text, config.data.max_text_chars)
+    )
+    for side, rows in by_title.items():
         lines = [json.dumps(dataclasses.asdict(p), ensure_ascii=False) for p in rows]
-        io.write_lines(out_dir / f"{split}.jsonl", lines)
-    return {"files": len(files), "train_pairs": len(train), "test_pairs": len(test)}
+        io.write_lines(out_dir / f"{side}.jsonl", lines)
+        counts[f"{side}_pairs"] = len(rows)
+    return {"files": len(files), **counts}
 
 
 def build_vocab(config: Config, data_dir: Path) -> Vocabulary:
@@ -327,12 +319,13 @@ def train(
     model_dir: Path,
     curves_file: Path,
 ) -> dict[str, float]:
+    """Fit on the train split, stopping early on the validation loss, then decode the
+    validation texts at each candidate beam width; the validation figures of both choices."""
     strategy = training.setup(runtime)
     vocab = Vocabulary.load(vocab_file)
     check_vocab(vocab, vocab_file)
     pairs = read_titled_texts(data_dir / "train.jsonl")
-    random.Random(runtime.seed).shuffle(pairs)
-    validation, pairs = training.hold_out(pairs, config.train.validation_fraction)
+    validation = read_titled_texts(data_dir / "validation.jsonl")
     batch = training.global_batch_size(config.train.batch_size, strategy)
     train_config = dataclasses.replace(config.train, batch_size=batch)
     with strategy.scope():
@@ -349,12 +342,36 @@ def train(
         epochs=config.train.epochs,
         curves_path=curves_file,
         backup_dir=Path(runtime.backup_dir),
+        patience=config.train.patience,
     )
     training.save_model(model, model_dir / MODEL_FILE)
+    generator = TitleGenerator(
+        model, vocab, config.data.max_text_chars, config.data.max_title_chars
+    )
     return {
         "train_pairs": len(pairs),
-        "final_loss": history.history["loss"][-1],
-        "final_val_loss": history.history["val_loss"][-1],
+        "validation_pairs": len(validation),
+        **training.best_epoch(history),
+        **beam_widths_on(generator, validation, config.decode.candidate_widths, batch),
+    }
+
+
+def beam_widths_on(
+    generator: TitleGenerator, pairs: list[TitledText], widths: list[int], batch_size: int
+) -> dict[str, float]:
+    """Mean ROUGE-L of the titles decoded at each beam width (`validation_rouge_l_beam_<k>`)
+    and the best width (`validation_best_beam_width`; the narrower on a tie)."""
+    texts, titles = [p.text for p in pairs], [p.title for p in pairs]
+    figures = {
+        width: float(
+            np.mean(rouge_items(titles, generator.generate(texts, width, batch_size))["rouge_l"])
+        )
+        for width in sorted(set(widths))
+    }
+    best = max(figures, key=lambda width: (figures[width], -width))
+    return {
+        **{f"validation_rouge_l_beam_{width}": figure for width, figure in figures.items()},
+        "validation_best_beam_width": best,
     }
 
 
@@ -391,7 +408,7 @@ class TitleGenerator:
 
     def generate(self, texts: list[str], beam_width: int, batch_size: int) -> list[str]:
         """Titles of `texts`, decoded `batch_size` texts at a time (sorted by length)."""
-        texts = [compact(t)[: self.max_text_chars] for t in texts]
+        texts = [model_text(t, self.max_text_chars) for t in texts]
         order = sorted((i for i, t in enumerate(texts) if t), key=lambda i: len(texts[i]))
         titles = [""] * len(texts)
         for start in range(0, len(order), batch_size):
@@ -426,57 +443,78 @@ def load_generator(config: Config, model_dir: Path, vocab_file: Path) -> TitleGe
     )
 
 
+def rouge_items(references: list[str], candidates: list[str]) -> dict[str, np.ndarray]:
+    """Per-item ROUGE-L, ROUGE-2 and ROUGE-1 F-measures of candidates against references."""
+    pairs = list(zip(references, candidates, strict=True))
+    return {
+        "rouge_l": np.array([rouge.rouge_l(r, c) for r, c in pairs]),
+        "rouge_2": np.array([rouge.rouge_n(r, c, 2) for r, c in pairs]),
+        "rouge_1": np.array([rouge.rouge_n(r, c, 1) for r, c in pairs]),
+    }
+
+
 def evaluate(
     config: Config, data_dir: Path, vocab_file: Path, model_dir: Path, plots_dir: Path
-) -> dict[str, float]:
-    """ROUGE-1/2/L and exact match of beam search, of greedy decoding and of two baselines
-    (the nearest training text's title by TF-IDF, the text's first k characters); writes the
-    systems' scores as a plot and sample titles."""
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """Per-title ROUGE-L (the headline), ROUGE-2 and ROUGE-1 of the model at the chosen beam
+    width, of greedy decoding (when the width is not 1) and of two untrained baselines: the
+    nearest training text's title by TF-IDF, the text's first k characters. Writes the
+    systems' figures as a plot and sample titles."""
     generator = load_generator(config, model_dir, vocab_file)
     test = read_titled_texts(data_dir / "test.jsonl")
     train_pairs = read_titled_texts(data_dir / "train.jsonl")
+    seen = train_pairs + read_titled_texts(data_dir / "validation.jsonl")
     texts, titles = [p.text for p in test], [p.title for p in test]
     started = time.perf_counter()
     generated = generator.generate(texts, config.decode.beam_width, config.serve.batch_size)
     seconds = time.perf_counter() - started
-    greedy = generator.generate(texts, 1, config.serve.batch_size)
     nearest = CharTfidf([p.text for p in train_pairs], config.evaluate.tfidf_orders).nearest(texts)
-    systems = {
-        "": generated,
-        "greedy_": greedy,
-        "nn_": [train_pairs[i].title for i in nearest],
-        "firstk_": [text[: config.evaluate.first_k] for text in texts],
+    baselines = {
+        "nearest_title": [train_pairs[i].title for i in nearest],
+        "first_k": [text[: config.evaluate.first_k] for text in texts],
     }
-    metrics = {}
-    for prefix, candidates in systems.items():
-        metrics.update(rouge.mean_scores(titles, candidates, prefix))
-    metrics.update(
-        test_pairs=len(test),
-        beam_width=config.decode.beam_width,
-        mean_title_chars=float(np.mean([len(t) for t in generated])),
-        titles_per_second=len(test) / seconds,
-    )
-    io.write_json(plots_dir / "systems.json", system_rows(metrics, config))
+    if config.decode.beam_width != 1:
+        baselines["greedy"] = generator.generate(texts, 1, config.serve.batch_size)
+    model_items = rouge_items(titles, generated)
+    baseline_items = {name: rouge_items(titles, made) for name, made in baselines.items()}
+    scores = [
+        stats.Scores(
+            metric, values, {name: items[metric] for name, items in baseline_items.items()}
+        )
+        for metric, values in model_items.items()
+    ]
+    max_chars = config.data.max_text_chars
+    seen_texts = [model_text(p.text, max_chars) for p in seen]
+    metrics = {
+        "test_pairs": len(test),
+        "test_overlap": splits.overlap([model_text(t, max_chars) for t in texts], seen_texts),
+        "beam_width": config.decode.beam_width,
+        "exact": float(np.mean([g == t for g, t in zip(generated, titles, strict=True)])),
+        "mean_title_chars": float(np.mean([len(t) for t in generated])),
+        "titles_per_second": len(test) / seconds,
+    }
+    io.write_json(plots_dir / "systems.json", system_rows(scores, config))
     samples = [
         {"text": t.text, "title": t.title, "generated": g, "nearest_title": n}
-        for t, g, n in zip(test, generated, systems["nn_"], strict=True)
+        for t, g, n in zip(test, generated, baselines["nearest_title"], strict=True)
     ][: config.evaluate.samples]
     io.write_json(plots_dir / "samples.json", samples)
-    return metrics
+    return metrics, scores
 
 
-def system_rows(metrics: dict[str, float], config: Config) -> list[dict]:
-    """One row per system with its ROUGE F-measures, for a bar chart."""
+def system_rows(scores: list[stats.Scores], config: Config) -> list[dict]:
+    """One row per system with its mean ROUGE F-measures, for a bar chart."""
     names = {
-        "": f"seq2seq, beam {config.decode.beam_width}",
-        "greedy_": "seq2seq, greedy",
-        "nn_": "nearest training title (TF-IDF)",
-        "firstk_": f"first {config.evaluate.first_k} characters",
+        "model": f"seq2seq, beam {config.decode.beam_width}",
+        "greedy": "seq2seq, greedy",
+        "nearest_title": "nearest training title (TF-IDF)",
+        "first_k": f"first {config.evaluate.first_k} characters",
     }
-    return [
-        {"system": name, **{m: metrics[f"{prefix}{m}"] for m in ("rouge_1", "rouge_2", "rouge_l")}}
-        for prefix, name in names.items()
-    ]
+    rows = {}
+    for score in sorted(scores, key=lambda score: score.metric):
+        for system, values in {"model": score.model, **score.baselines}.items():
+            rows.setdefault(system, {"system": names[system]})[score.metric] = stats.figure(values)
+    return list(rows.values())
 
 
 # -- serving ------------------------------------------------------------------------------
