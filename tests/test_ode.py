@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, tracking
+from kexue import cli, params, stats, tracking
 from kexue.errors import DataError
 from kexue.layers.ode import PARAMETERS, CompetitionODECell, competition, solver_step
 from kexue.models import ode
@@ -88,11 +88,58 @@ def test_solver_grid_lands_on_every_time():
 
 def test_generated_observations_are_the_posts_table(config, tmp_path):
     counts = ode.prepare(config, [], tmp_path)
-    assert counts["observations"] == 7
+    assert counts["observations"] == counts["train_times"] == 7  # noise-free: all fitted
+    assert counts["validation_times"] == counts["test_times"] == 0
+    assert ode.load_observations(tmp_path, "test").shape == (0, 3)
     rows = ode.load_observations(tmp_path)
     # The post's table, rounded: x1 100 165 197 280 305 318 324, x2 150 283 290 276 269 266 264.
     np.testing.assert_allclose(rows[:, 1], [100, 165, 197, 280, 305, 318, 324], atol=0.7)
     np.testing.assert_allclose(rows[:, 2], [150, 283, 290, 276, 269, 266, 264], atol=0.7)
+
+
+def noisy_config(config):
+    """22 noisy times, 0 to 42; 4 held out for validation and 4 for test."""
+    data = dataclasses.replace(
+        config.data,
+        times=list(range(0, 44, 2)),
+        noise=0.01,
+        validation_fraction=0.2,
+        test_fraction=0.2,
+    )
+    return dataclasses.replace(config, data=data)
+
+
+def test_held_out_times_are_disjoint_and_the_start_is_always_fitted(config, tmp_path):
+    noisy = noisy_config(config)
+    counts = ode.prepare(noisy, [], tmp_path)
+    assert (counts["validation_times"], counts["test_times"]) == (4, 4)
+    sides = {
+        name: ode.load_observations(tmp_path, name) for name in ("train", "validation", "test")
+    }
+    times = {name: set(rows[:, 0]) for name, rows in sides.items()}
+    assert not times["train"] & times["validation"]
+    assert not times["test"] & (times["train"] | times["validation"])
+    assert sum(len(t) for t in times.values()) == 22
+    assert sides["train"][0, 0] == 0 and list(sides["train"][0, 1:]) == [100, 150]
+    assert all(np.all(np.diff(rows[:, 0]) > 0) for rows in sides.values())
+
+
+def test_validation_batch_weighs_only_the_validation_times():
+    fitted = np.array([[0.0, 100, 150], [2.0, 110, 160], [4.0, 120, 170]])
+    validation = np.array([[3.0, 115, 165]])
+    (steps, start), targets, weights = ode.training_batch(fitted, 1.0, validation)
+    np.testing.assert_allclose(steps[0, :, 0], [1, 1, 1, 1])
+    np.testing.assert_allclose(start[0], [100, 150])
+    np.testing.assert_allclose(weights[0], [0, 0, 1, 0])
+    np.testing.assert_allclose(targets[0, 2], [115, 165])
+
+
+def test_r2_from_item_totals_is_r2():
+    rng = np.random.default_rng(0)
+    observed = rng.uniform(100, 300, size=(30, 2))
+    predicted = observed + rng.normal(0, 5, size=observed.shape)
+    items = ode.r2_items(observed, predicted)
+    assert stats.figure(items, ode.r2_from_totals) == pytest.approx(ode.r2(observed, predicted))
 
 
 @pytest.mark.parametrize(
@@ -119,7 +166,9 @@ def fitted(config, tmp_path_factory):
     root = tmp_path_factory.mktemp("ode")
     short = dataclasses.replace(
         config,
-        train=dataclasses.replace(config.train, epochs=4, steps_per_epoch=100, learning_rate=0.1),
+        train=dataclasses.replace(
+            config.train, epochs=4, steps_per_epoch=100, learning_rate=0.1, patience=None
+        ),
     )
     ode.prepare(short, [], root / "data")
     summary = ode.train(
@@ -141,17 +190,55 @@ def test_short_fit_follows_the_observations(fitted):
     np.testing.assert_allclose(solved, observed[1:, 1:], rtol=0.05)
 
 
-def test_evaluate_reports_fit_truth_and_scipy(fitted):
-    root = fitted["root"]
-    metrics = ode.evaluate(fitted["config"], root / "data", None, root / "model", root / "plots")
-    assert metrics["r2"] > 0.98
+def test_evaluate_judges_the_fit_and_scipy_on_what_they_were_not_fitted_to(fitted):
+    root, config = fitted["root"], fitted["config"]
+    metrics, scores = ode.evaluate(config, root / "data", None, root / "model", root / "plots")
+    assert metrics["test_overlap"] == 0 and metrics["test_times"] == 0
+    assert metrics["fitted_r2"] > 0.98
     # SciPy's fit of noise-free data recovers the truth.
-    assert metrics["scipy_max_rel_error"] < 1e-3
-    assert metrics["max_rel_error"] == max(metrics[f"rel_error_{n}"] for n in PARAMETERS)
+    assert metrics["max_param_error_scipy"] < 1e-3
+    assert metrics["max_param_error"] == max(metrics[f"param_error_{n}"] for n in PARAMETERS)
+    assert [s.metric for s in scores] == [ode.SCORE, "extrapolation_rel_sq_error"]
+    # The horizon's points past t = 42: (80 - 42) / 0.5.
+    assert metrics["extrapolation_points"] == 76 == len(scores[0].model)
+    figures = stats.comparisons(scores, stats.BootstrapConfig(200, 0.95, 0))
+    # Four epochs follow the 7 observations (fitted R² above) yet miss the future: the
+    # reason SCORE is not the fitted R². SciPy's converged fit extrapolates nearly exactly.
+    assert (
+        figures[ode.SCORE] < figures[f"{ode.SCORE}_scipy"]
+        and figures[f"{ode.SCORE}_scipy"] > 0.9999
+    )
+    assert figures[f"{ode.SCORE}_vs_scipy_low"] <= figures[f"{ode.SCORE}_vs_scipy"] <= 0
     curve = pd.read_csv(root / "plots" / "trajectory.csv")
-    assert list(curve.columns) == ["t", "fit_x1", "fit_x2", "true_x1", "true_x2"]
-    assert curve["t"].iloc[-1] == fitted["config"].evaluate.horizon
-    assert len(pd.read_csv(root / "plots" / "observed.csv")) == 7
+    assert list(curve.columns) == [
+        "t",
+        *(f"{s}_{x}" for s in ("fit", "scipy", "true") for x in ("x1", "x2")),
+    ]
+    assert curve["t"].iloc[-1] == config.evaluate.horizon
+    observed = pd.read_csv(root / "plots" / "observed.csv")
+    assert len(observed) == 7 and set(observed["split"]) == {"train"}
+
+
+def test_evaluate_scores_held_out_times_and_early_stops_on_validation(config, tmp_path):
+    noisy = dataclasses.replace(
+        noisy_config(config),
+        train=dataclasses.replace(
+            config.train, epochs=3, steps_per_epoch=50, learning_rate=0.1, patience=1
+        ),
+    )
+    ode.prepare(noisy, [], tmp_path / "data")
+    summary = ode.train(
+        noisy, tiny_runtime(tmp_path), tmp_path / "data", None, tmp_path / "model",
+        tmp_path / "curves.csv",
+    )  # fmt: skip
+    assert summary["validation_times"] == 4 and 1 <= summary["best_epoch"] <= 3
+    assert "val_loss" in pd.read_csv(tmp_path / "curves.csv").columns
+    metrics, scores = ode.evaluate(
+        noisy, tmp_path / "data", None, tmp_path / "model", tmp_path / "plots"
+    )
+    assert metrics["test_times"] == 4 and metrics["test_overlap"] == 0
+    held_out = next(s for s in scores if s.metric == "test_rel_sq_error")
+    assert len(held_out.model) == len(held_out.baselines["scipy"]) == 4
 
 
 @pytest.fixture(scope="module")

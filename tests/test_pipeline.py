@@ -187,7 +187,8 @@ def test_ode_branch_builds_registers_and_reruns_on_noise(repo):
     built = run(repo, "dvc", "repro", "export_ode")
     assert stages_run(built.stdout) == ODE_BRANCH
     metrics = yaml.safe_load((repo / "metrics" / "ode.json").read_text())
-    assert {"r2", "max_rel_error", "scipy_max_rel_error", "rel_error_a1"} <= set(metrics)
+    assert {"extrapolation_r2", "extrapolation_r2_vs_scipy_low", "max_param_error"} <= set(metrics)
+    assert metrics["test_overlap"] == 0
     assert [name for name, _ in mlflow_runs(repo)][-3:] == ODE_BRANCH[1:]
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "ode")

@@ -9,10 +9,14 @@ Data: the post's observations are values of this very model at t = 0, 10, 15, 30
 (params.yaml `ode.data.truth` reproduces its table to the printed precision), so `prepare`
 generates them, with optional noise, and keeps the truth to score the fit. A CSV of your own
 observations (`t,x1,x2`, first row the start) replaces them; then there is no truth to score.
+`prepare` splits the observation times after the start into fitted (train), validation and
+test times (kexue.splits); the start is always fitted, the fit begins from it.
 
-Evaluate compares the fit with the truth (relative error of each parameter, and of the
-trajectory beyond the data), and with a reference fit by SciPy (least squares over an adaptive
-ODE solver) from the same starting guesses.
+Evaluate judges the fit only on what it was not fitted to: each parameter's relative error
+against the truth, the trajectory past the last fitted time up to `evaluate.horizon` against
+the truth (SCORE), and the held-out test times, if any. A reference fit by SciPy (least
+squares over an adaptive ODE solver, from the same starting guesses, on the same fitted
+observations) is scored on the same targets.
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-from kexue import io, serving, training
+from kexue import io, serving, splits, stats, training
 from kexue.errors import DataError
 from kexue.layers.ode import PARAMETERS, CompetitionODECell
 
 MODEL_FILE = "model.keras"
 START_FILE = "start.json"  # the first observation, where served trajectories begin
-OBSERVATIONS = "observations.csv"
 TRUTH = "truth.json"
 COLUMNS = ("t", "x1", "x2")
-SCORE = "r2"  # the champion is the version whose trajectory explains the observations best
+# The champion predicts the truth best where it saw no data: R² of the trajectory past the
+# last fitted time, up to evaluate.horizon (higher is better). R² on the fitted observations
+# rewards nothing but fitting them; the parameter errors are reported beside it.
+SCORE = "extrapolation_r2"
 DESCRIPTION = (
     "Two-species competition ODE fitted through an RNN whose cell is a Runge-Kutta step "
     "(kexue.fm, 貌离神合的RNN与ODE). Input: a column `t` of times. Params: `x1`, `x2`, the "
@@ -49,7 +55,10 @@ DESCRIPTION = (
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(splits.SplitConfig):
+    """What generates the observations, and the fractions of the times after the start held
+    out for validation and test."""
+
     truth: dict[str, float]  # the parameters that generate the observations
     start: list[float]  # x1, x2 at the first time
     times: list[float]  # observation times, ascending; the first is the start
@@ -69,6 +78,7 @@ class TrainConfig:
     epochs: int
     steps_per_epoch: int  # gradient steps on the one trajectory per epoch
     learning_rate: float
+    patience: int | None  # early stopping on the validation times' loss (needs some)
 
 
 @dataclass(frozen=True)
@@ -130,17 +140,37 @@ def exact_trajectory(params: dict[str, float], start, times) -> np.ndarray:
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """Observations (and the truth, when generated) -> out_dir/observations.csv, truth.json."""
+    """Observations (and the truth, when generated) -> out_dir/train.csv (the start and the
+    fitted times), validation.csv, test.csv (held-out times; header only when none), truth.json."""
     if len(corpora) > 1:
         raise DataError(f"ode reads one observations CSV, got {len(corpora)} files")
     if corpora:
         observations = read_observations(corpora[0])
         (out_dir / TRUTH).unlink(missing_ok=True)
+        where = str(corpora[0])
     else:
         observations = generate(config.data)
         io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
-    write_observations(out_dir / OBSERVATIONS, observations)
-    return {"observations": len(observations), "generated": int(not corpora)}
+        where = "params.yaml: ode.data.times"
+    sides = split_times(observations, config.data, where)
+    for name, rows in sides.items():
+        write_observations(out_dir / f"{name}.csv", rows)
+    return {
+        "observations": len(observations),
+        "generated": int(not corpora),
+        **{f"{name}_times": len(rows) for name, rows in sides.items()},
+    }
+
+
+def split_times(observations: np.ndarray, config: splits.SplitConfig, where: str) -> dict:
+    """{"train", "validation", "test"}: rows of the observations, ascending in time; every
+    time after the start is a group of its own; the start is always in train."""
+    sides = splits.split_groups(list(observations[1:]), lambda row: float(row[0]), config, where)
+    sides["train"] = [observations[0], *sides["train"]]
+    return {
+        name: np.array(sorted(rows, key=lambda row: row[0])).reshape(-1, len(COLUMNS))
+        for name, rows in sides.items()
+    }
 
 
 def generate(data: DataConfig) -> np.ndarray:
@@ -190,10 +220,12 @@ def write_observations(path: Path, rows: np.ndarray) -> None:
     io.write_lines(path, [",".join(COLUMNS)] + [",".join(f"{v:.6f}" for v in row) for row in rows])
 
 
-def load_observations(data_dir: Path) -> np.ndarray:
-    with (data_dir / OBSERVATIONS).open(encoding="utf-8") as file:
+def load_observations(data_dir: Path, split: str = "train") -> np.ndarray:
+    """(n, 3) rows of t, x1, x2 of one prepared split (train: the start first)."""
+    with (data_dir / f"{split}.csv").open(encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    return np.array([[float(row[c]) for c in COLUMNS] for row in rows], dtype=np.float64)
+    values = [[float(row[c]) for c in COLUMNS] for row in rows]
+    return np.array(values, dtype=np.float64).reshape(-1, len(COLUMNS))
 
 
 # -- model --------------------------------------------------------------------------------
@@ -231,15 +263,21 @@ def relative_squared_error(y_true, y_pred):
     return ops.mean(ops.square(y_pred / y_true - 1), axis=-1)
 
 
-def training_batch(observations: np.ndarray, step: float):
-    """One batch, the whole trajectory: inputs, targets at every solver step (1 where there
-    is no observation) and weights (1 where there is one)."""
-    steps, positions = solver_grid(observations[:, 0], step)
+def training_batch(observations: np.ndarray, step: float, scored: np.ndarray | None = None):
+    """One batch, the whole trajectory from the first observation (the start): inputs,
+    targets at every solver step (1 where there is no observation) and weights (1 where
+    there is one). `scored` (rows t, x1, x2 after the start), when given, are the only
+    observations weighted: the validation times on the fitted trajectory's grid."""
+    rows = observations if scored is None else np.vstack([observations, scored])
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    steps, positions = solver_grid(rows[:, 0], step)
     targets = np.ones((len(steps), 2), dtype=np.float32)
     weights = np.zeros(len(steps), dtype=np.float32)
-    targets[positions[1:] - 1] = observations[1:, 1:]
-    weights[positions[1:] - 1] = 1
-    inputs = (steps[None, :, None].astype(np.float32), observations[None, 0, 1:].astype(np.float32))
+    weighted = rows[1:, 0] if scored is None else scored[:, 0]
+    keep = np.isin(rows[1:, 0], weighted)
+    targets[positions[1:] - 1] = rows[1:, 1:]
+    weights[positions[1:][keep] - 1] = 1
+    inputs = (steps[None, :, None].astype(np.float32), rows[None, 0, 1:].astype(np.float32))
     return inputs, targets[None], weights[None]
 
 
@@ -251,9 +289,17 @@ def train(
     model_dir: Path,
     curves_file: Path,
 ) -> dict[str, float]:
+    """Fit the six parameters to the fitted (train) times; with validation times, their
+    loss is logged and, with `patience`, stops the fit early."""
     strategy = training.setup(runtime)
     observations = load_observations(data_dir)
+    validation = load_observations(data_dir, "validation")
     batch = tf.data.Dataset.from_tensors(training_batch(observations, config.model.step))
+    validation_batch = (
+        tf.data.Dataset.from_tensors(training_batch(observations, config.model.step, validation))
+        if len(validation)
+        else None
+    )
     with strategy.scope():
         model = build_model(config.model)
         model.compile(
@@ -267,15 +313,24 @@ def train(
     history = training.fit(
         model,
         batch.repeat(config.train.steps_per_epoch),
-        None,  # one trajectory: nothing to hold out that the fit would not need
+        validation_batch,
         epochs=config.train.epochs,
         curves_path=curves_file,
         backup_dir=Path(runtime.backup_dir),
+        patience=config.train.patience,
     )
     training.save_model(model, model_dir / MODEL_FILE)
     io.write_json(model_dir / START_FILE, {"t": observations[0, 0], "x": list(observations[0, 1:])})
     fitted = {f"fit_{name}": value for name, value in fitted_parameters(model).items()}
-    return {"observations": len(observations), "final_loss": history.history["loss"][-1], **fitted}
+    chosen = training.best_epoch(history) if validation_batch is not None else {}
+    return {
+        "fitted_times": len(observations) - 1,
+        "validation_times": len(validation),
+        "epochs_run": len(history.history["loss"]),
+        "final_loss": history.history["loss"][-1],
+        **chosen,
+        **fitted,
+    }
 
 
 # -- inference ----------------------------------------------------------------------------
@@ -318,6 +373,25 @@ def r2(observed: np.ndarray, predicted: np.ndarray) -> float:
     return float(1 - residual / total)
 
 
+def r2_items(observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(n, 6) per time point: the squared residuals of x1 and x2, x1, x2, x1², x2²; summed
+    over any draw of the points they give that draw's R² (`r2_from_totals`)."""
+    return np.column_stack([(observed - predicted) ** 2, observed, observed**2])
+
+
+def r2_from_totals(totals: np.ndarray, n_items: int) -> np.ndarray:
+    """`r2` from the totals of `r2_items` (a stats.Statistic): each species' total sum of
+    squares is its sum of squares less n times its squared mean."""
+    residual = totals[..., 0] + totals[..., 1]
+    spread = totals[..., 4:6] - totals[..., 2:4] ** 2 / n_items
+    return 1 - residual / spread.sum(axis=-1)
+
+
+def relative_squared_errors(observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per time point, the mean over both species of the squared relative error."""
+    return np.mean((predicted / observed - 1) ** 2, axis=1)
+
+
 def reference_fit(
     observations: np.ndarray, initial: dict[str, float], search_range: float
 ) -> dict[str, float]:
@@ -346,46 +420,107 @@ def reference_fit(
 
 def evaluate(
     config: Config, data_dir: Path, vocab_file: Path | None, model_dir: Path, plots_dir: Path
-) -> dict[str, float]:
-    """Fit quality on the observations; with a truth, parameter errors and the error of the
-    trajectory up to the horizon; SciPy's reference fit of the same observations."""
-    observations = load_observations(data_dir)
-    trajectory = Trajectory.load(model_dir / MODEL_FILE, config.model.step)
-    model = trajectory.model
-    t0, start = observations[0, 0], observations[0, 1:]
-    fitted = fitted_parameters(model)
-    predicted = trajectory.at(t0, start, observations[1:, 0])
-    observed = observations[1:, 1:]
-    reference = reference_fit(observations, config.model.initial, config.evaluate.reference_range)
-    metrics = {
-        SCORE: r2(observed, predicted),
-        "rms_rel_error": float(np.sqrt(np.mean((predicted / observed - 1) ** 2))),
-        **{f"fit_{name}": value for name, value in fitted.items()},
-        "max_rel_diff_vs_scipy": max(
-            abs(fitted[name] / reference[name] - 1) for name in PARAMETERS
-        ),
-    }
-    times = np.linspace(
-        t0, max(config.evaluate.horizon, observations[-1, 0]), config.evaluate.points
+) -> tuple[dict[str, float], list[stats.Scores]]:
+    """The fit and SciPy's reference fit of the same fitted observations, judged on what
+    neither was fitted to: each parameter against the truth, the trajectory past the last
+    fitted time against the truth (SCORE), the held-out test times.
+
+    The per-item Scores of the trajectory are its time points, which are correlated (each
+    follows from the one before): their bootstrap interval is narrower than the
+    uncertainty of a fit, a description of this one trajectory, not of a population."""
+    fitted_rows = load_observations(data_dir)
+    test = load_observations(data_dir, "test")
+    seen_times = np.concatenate(
+        [fitted_rows[:, 0], load_observations(data_dir, "validation")[:, 0]]
     )
-    fit = trajectory.at(t0, start, times)
-    curve = {"t": times, "fit_x1": fit[:, 0], "fit_x2": fit[:, 1]}
     truth = io.read_json(data_dir / TRUTH) if (data_dir / TRUTH).is_file() else None
-    if truth:
-        errors = {name: abs(fitted[name] / truth["params"][name] - 1) for name in PARAMETERS}
-        scipy_errors = [abs(reference[name] / truth["params"][name] - 1) for name in PARAMETERS]
-        exact = exact_trajectory(truth["params"], truth["start"], times)
-        curve["true_x1"], curve["true_x2"] = exact.T
-        metrics.update(
-            {f"rel_error_{name}": value for name, value in errors.items()},
-            max_rel_error=max(errors.values()),
-            scipy_max_rel_error=max(scipy_errors),
-            horizon_max_rel_error=float(np.max(np.abs(fit / exact - 1))),
+    if truth is None:
+        raise DataError(
+            f"{data_dir}: no {TRUTH} (observations from a CSV): the fit is judged against the "
+            "truth that generated its observations, and there is none"
         )
-    table = pd.DataFrame(curve).to_csv(index=False, float_format="%.4f", lineterminator="\n")
+    trajectory = Trajectory.load(model_dir / MODEL_FILE, config.model.step)
+    t0, start = fitted_rows[0, 0], fitted_rows[0, 1:]
+    fitted = fitted_parameters(trajectory.model)
+    reference = reference_fit(fitted_rows, config.model.initial, config.evaluate.reference_range)
+    true_params = truth["params"]
+
+    times = np.linspace(
+        t0, max(config.evaluate.horizon, fitted_rows[-1, 0]), config.evaluate.points
+    )
+    curve = {
+        "fit": trajectory.at(t0, start, times),
+        "scipy": exact_trajectory(reference, start, times),
+        "true": exact_trajectory(true_params, truth["start"], times),
+    }
+    beyond = times > fitted_rows[-1, 0]
+    if not beyond.any():
+        raise DataError(
+            f"params.yaml: ode.evaluate.horizon: {config.evaluate.horizon} is not past the last "
+            f"fitted time {fitted_rows[-1, 0]:g}: nothing to extrapolate"
+        )
+    true_beyond = curve["true"][beyond]
+    scores = [
+        stats.Scores(
+            SCORE,
+            r2_items(true_beyond, curve["fit"][beyond]),
+            {"scipy": r2_items(true_beyond, curve["scipy"][beyond])},
+            statistic=r2_from_totals,
+        ),
+        stats.Scores(
+            "extrapolation_rel_sq_error",
+            relative_squared_errors(true_beyond, curve["fit"][beyond]),
+            {"scipy": relative_squared_errors(true_beyond, curve["scipy"][beyond])},
+        ),
+    ]
+    if len(test):
+        scipy_at_test = exact_trajectory(reference, start, [t0, *test[:, 0]])[1:]
+        scores.append(
+            stats.Scores(
+                "test_rel_sq_error",
+                relative_squared_errors(test[:, 1:], trajectory.at(t0, start, test[:, 0])),
+                {"scipy": relative_squared_errors(test[:, 1:], scipy_at_test)},
+            )
+        )
+    predicted = trajectory.at(t0, start, fitted_rows[1:, 0])
+    metrics = {
+        **parameter_errors(fitted, true_params, ""),
+        **parameter_errors(reference, true_params, "_scipy"),
+        **{f"fit_{name}": value for name, value in fitted.items()},
+        # How closely the fit follows the very observations it was fitted to: a diagnostic.
+        "fitted_r2": r2(fitted_rows[1:, 1:], predicted),
+        "extrapolation_points": int(beyond.sum()),
+        "test_times": len(test),
+        "test_overlap": splits.overlap(test[:, 0].tolist(), seen_times.tolist()),
+    }
+    write_plots(plots_dir, data_dir, times, curve)
+    return metrics, scores
+
+
+def parameter_errors(found: dict, truth: dict, suffix: str) -> dict[str, float]:
+    """`param_error_<name><suffix>`: each parameter's relative error, and the largest."""
+    errors = {name: abs(found[name] / truth[name] - 1) for name in PARAMETERS}
+    return {
+        **{f"param_error_{name}{suffix}": value for name, value in errors.items()},
+        f"max_param_error{suffix}": max(errors.values()),
+    }
+
+
+def write_plots(plots_dir: Path, data_dir: Path, times: np.ndarray, curves: dict) -> None:
+    """trajectory.csv (t, then x1 and x2 of each curve) and observed.csv (every split)."""
+    columns = {"t": times}
+    for name, states in curves.items():
+        columns[f"{name}_x1"], columns[f"{name}_x2"] = states.T
+    table = pd.DataFrame(columns).to_csv(index=False, float_format="%.4f", lineterminator="\n")
     io.write_text(plots_dir / "trajectory.csv", table)
-    write_observations(plots_dir / "observed.csv", observations)
-    return metrics
+    observed = pd.concat(
+        pd.DataFrame(load_observations(data_dir, split), columns=COLUMNS).assign(split=split)
+        for split in splits.SPLITS
+    )
+    io.write_text(
+        plots_dir / "observed.csv",
+        observed.to_csv(index=False, float_format="%.6f", lineterminator="\n"),
+    )
 
 
 # -- serving ------------------------------------------------------------------------------
