@@ -155,6 +155,8 @@ def test_wrong_param_type_fails_with_one_line_naming_the_key(repo):
         "models/crf",
         "--curves",
         "plots/crf/train.csv",
+        "--validation",
+        "metrics/validation/crf.json",
         check=False,
     )
     set_params(repo, {"crf.train.epochs": 2})

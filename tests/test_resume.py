@@ -66,7 +66,13 @@ def retrain(repo) -> None:
 
 @pytest.fixture
 def repo(tmp_path):
-    params = {**TINY_CRF, "crf.train.epochs": EPOCHS, "runtime.deterministic": True}
+    # No early stop: every epoch runs, so the resumed and uninterrupted curves line up.
+    params = {
+        **TINY_CRF,
+        "crf.train.epochs": EPOCHS,
+        "crf.train.patience": EPOCHS,
+        "runtime.deterministic": True,
+    }
     repo = make_project(tmp_path, params, corpus_lines=400)
     run(repo, "dvc", "repro", "vocab@crf")
     return repo
