@@ -109,7 +109,7 @@ def comparisons(scores: list[Scores], config: BootstrapConfig) -> dict[str, floa
 
 
 def verdict(low: float, high: float) -> str:
-    """ "better", "worse", or "no difference" when the interval holds 0."""
+    """Says "better" or "worse" by the interval; "no difference" when it holds 0."""
     if low > 0:
         return "better"
     if high < 0:
