@@ -3,18 +3,21 @@ test figure and of every difference to a baseline, over the seeds.
 
     python bench/seeds.py --models crf attention similarity title dogs --seeds 1 2
 
-The workspace's own seed (`runtime.seed`) counts as one run: its metrics files must be up to
-date (`dvc status` clean for the models' evaluate stages). Each other seed runs `dvc repro
-evaluate_<model> ...` in a fresh clone of HEAD (uncommitted changes are not in it) that
-shares this checkout's DVC cache, so the fetch, prepare and vocab stages are restored, not
-rerun, and only training, baselines and evaluation run again. Writes `metrics/seeds.json`
-(mean, standard deviation, min and max over the seeds: a DVC metric) and
-`metrics/seeds_runs.json` (every run's figures).
+Each other seed runs `dvc repro evaluate_<model> ...` in a fresh clone of HEAD (uncommitted
+changes are not in it) that shares this checkout's DVC cache, so the fetch, prepare and vocab
+stages are restored, not rerun, and only training, baselines and evaluation run again. A
+seed's run is kept in `metrics/seeds_runs.json` with the fingerprint of the code and params
+it ran (src/, stages/, params.yaml's values) and is reused while they are the same. The
+workspace's own seed (`runtime.seed`) counts as one run once its metrics files are up to date
+(`dvc status` clean for the models' evaluate stages); then `metrics/seeds.json` gets the mean,
+standard deviation, min and max over the seeds (a DVC metric).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import subprocess
 import tempfile
@@ -76,32 +79,49 @@ def spread(runs: dict[int, dict[str, dict[str, float]]], model: str) -> dict[str
     return summary
 
 
+def code_fingerprint() -> str:
+    """What a seed's figures depend on, besides the seed: HEAD's src/ and stages/ trees and
+    the values (not the comments) of params.yaml, but for the seed itself."""
+    trees = subprocess.run(
+        ["git", "rev-parse", "HEAD:src", "HEAD:stages"], capture_output=True, text=True, check=True
+    ).stdout
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    params["runtime"].pop("seed")
+    return hashlib.sha256((trees + json.dumps(params, sort_keys=True)).encode()).hexdigest()[:16]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, required=True, help="besides runtime.seed")
     args = parser.parse_args()
-    env = tool_env()
-    stale = stages_to_run([f"evaluate_{m}" for m in args.models], Path.cwd(), env)
-    if stale:
-        raise SystemExit(f"dvc status: {', '.join(stale)} would run; dvc repro them first")
+    runs_file = Path("metrics/seeds_runs.json")
+    stored = io.read_json(runs_file) if runs_file.is_file() else {"code": {}, "runs": {}}
+    code, cache_dir = code_fingerprint(), Path(".dvc/cache").resolve()
     own_seed = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["runtime"]["seed"]
-    runs = {own_seed: {m: figures(io.read_json(f"metrics/{m}.json")) for m in args.models}}
-    cache_dir = Path(".dvc/cache").resolve()
     for seed in (s for s in args.seeds if s != own_seed):
-        runs[seed] = run_seed(seed, args.models, cache_dir)
-    previous = (
-        io.read_json("metrics/seeds_runs.json") if Path("metrics/seeds_runs.json").is_file() else {}
-    )
-    by_model = {**previous, **{m: {str(s): runs[s][m] for s in runs} for m in args.models}}
-    io.write_json("metrics/seeds_runs.json", by_model)
+        todo = [m for m in args.models if stored["code"].get(m, {}).get(str(seed)) != code]
+        if todo:
+            for model, figs in run_seed(seed, todo, cache_dir).items():
+                stored["runs"].setdefault(model, {})[str(seed)] = figs
+                stored["code"].setdefault(model, {})[str(seed)] = code
+            io.write_json(runs_file, stored)
+    stale = stages_to_run([f"evaluate_{m}" for m in args.models], Path.cwd(), tool_env())
+    if stale:
+        raise SystemExit(f"dvc status: {', '.join(stale)} would run; dvc repro them, then rerun")
+    for model in args.models:
+        stored["runs"].setdefault(model, {})[str(own_seed)] = figures(
+            io.read_json(f"metrics/{model}.json")
+        )
+        stored["code"].setdefault(model, {})[str(own_seed)] = code
+    io.write_json(runs_file, stored)
     summary = {
-        m: spread({int(s): {m: figs} for s, figs in seeds.items()}, m)
-        for m, seeds in by_model.items()
+        model: spread({int(s): {model: figs} for s, figs in seeds.items()}, model)
+        for model, seeds in stored["runs"].items()
     }
     io.write_json("metrics/seeds.json", summary)
     for model in args.models:
-        print(f"{model} over seeds {sorted(runs)}:")
+        print(f"{model} over seeds {sorted(int(s) for s in stored['runs'][model])}:")
         for key, row in summary[model].items():
             low_high = f"[{row['min']:.4f}, {row['max']:.4f}]"
             print(f"  {key:40} {row['mean']:9.4f} ± {row['sd']:.4f}  {low_high}")

@@ -41,7 +41,7 @@ def test_table_rows_come_from_the_metrics_files(tmp_path):
     )
     io.write_json(
         tmp_path / "metrics" / "seeds_runs.json",
-        {"crf": {"1": {"f1_vs_jieba": 0.1}, "2": {"f1_vs_jieba": 0.12}}},
+        {"runs": {"crf": {"1": {"f1_vs_jieba": 0.1}, "2": {"f1_vs_jieba": 0.12}}}},
     )
     (tmp_path / "README.md").write_text(f"# x\n{report.BEGIN}\nold\n{report.END}\nafter\n")
     rows = report.model_rows(tmp_path, "crf")

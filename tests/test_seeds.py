@@ -16,17 +16,10 @@ def test_seeds_trains_again_with_another_seed_and_writes_the_spread(tmp_path):
     run(repo, "dvc", "repro", "evaluate_crf")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "evaluated")
-    result = run(
-        repo,
-        sys.executable,
-        str(REPO / "bench" / "seeds.py"),
-        "--models",
-        "crf",
-        "--seeds",
-        "5",
-        "6",
-    )
-    runs = json.loads((repo / "metrics" / "seeds_runs.json").read_text())
+    seeds = ["--models", "crf", "--seeds", "5", "6"]
+    command = [sys.executable, str(REPO / "bench" / "seeds.py"), *seeds]
+    result = run(repo, *command)
+    runs = json.loads((repo / "metrics" / "seeds_runs.json").read_text())["runs"]
     assert sorted(runs["crf"]) == ["5", "6"]
     first = json.loads((repo / "metrics" / "crf.json").read_text())
     assert runs["crf"]["5"]["f1"] == first["f1"]
@@ -38,3 +31,6 @@ def test_seeds_trains_again_with_another_seed_and_writes_the_spread(tmp_path):
     assert "crf over seeds [5, 6]" in result.stdout
     # The workspace itself was not retrained: its own seed's metrics were reused.
     assert stages_run(run(repo, "dvc", "repro", "evaluate_crf").stdout) == []
+    # A second call with the same code reuses seed 6's run instead of training again.
+    again = run(repo, *command)
+    assert "seed 6:" not in again.stdout and "crf over seeds [5, 6]" in again.stdout

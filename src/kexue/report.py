@@ -73,7 +73,7 @@ def model_rows(root: Path, name: str) -> list[str]:
         return [f"| {name} | not evaluated yet | | | | | |"]
     validation = _read(root / "metrics" / "validation" / f"{name}.json")
     seeds = _read(root / "metrics" / "seeds.json").get(name, {})
-    runs = _read(root / "metrics" / "seeds_runs.json").get(name, {})
+    runs = _read(root / "metrics" / "seeds_runs.json").get("runs", {}).get(name, {})
     headline = models.load(name).SCORE
     chosen = (
         f"epoch {validation['best_epoch']:.0f} (val loss {validation['best_val_loss']:.4g})"
