@@ -32,6 +32,13 @@ def test_a_claim_needs_the_interval_and_every_seed(low, high, seeds, said):
     assert report.verdict(low, high, seeds) == said
 
 
+def test_a_lower_error_than_the_baseline_is_better():
+    assert report.verdict(-0.03, -0.01, [-0.02, -0.01], lower_is_better=True) == (
+        "**better** (interval and 2 seeds agree)"
+    )
+    assert report.verdict(0.01, 0.03, [], lower_is_better=True).startswith("worse")
+
+
 def test_table_rows_come_from_the_metrics_files(tmp_path):
     metrics = {"f1": 0.9, "f1_items": 50, "f1_jieba": 0.8, "f1_vs_jieba": 0.1}
     metrics.update(f1_vs_jieba_low=0.05, f1_vs_jieba_high=0.15, test_overlap=0)
@@ -47,7 +54,7 @@ def test_table_rows_come_from_the_metrics_files(tmp_path):
     rows = report.model_rows(tmp_path, "crf")
     assert rows == [
         "| crf | f1 (50 items, 0 seen in training) | 0.9 (-) | jieba: 0.8 "
-        "| +0.1000 [+0.0500, +0.1500] (-) | **better** (interval and 2 seeds agree) "
+        "| +0.1 [+0.05, +0.15] (-) | **better** (interval and 2 seeds agree) "
         "| epoch 3 (val loss 0.25) |"
     ]
     assert report.model_rows(tmp_path, "ode") == ["| ode | not evaluated yet | | | | | |"]

@@ -22,6 +22,8 @@ from kexue import io, models, stats
 
 BEGIN, END = "<!-- results -->", "<!-- /results -->"
 COMPARISON = re.compile(r"^(?P<metric>.+)_vs_(?P<baseline>.+)$")
+# Metrics named like these are better lower; every other metric is better higher.
+LOWER_IS_BETTER = ("error", "loss")
 
 
 def _read(path: Path) -> dict:
@@ -38,9 +40,14 @@ def comparisons(metrics: dict, headline: str) -> list[tuple[str, str]]:
     return sorted(found, key=lambda pair: (pair[0] != headline, pair))
 
 
-def verdict(low: float, high: float, seed_differences: list[float]) -> str:
-    """What may be said of one difference: a claim needs the interval and the seeds."""
-    interval = stats.verdict(low, high)
+def verdict(
+    low: float, high: float, seed_differences: list[float], lower_is_better: bool = False
+) -> str:
+    """What may be said of one difference (model minus baseline): a claim needs the
+    interval and the seeds; for an error, a negative difference is the better one."""
+    sign = -1 if lower_is_better else 1
+    interval = stats.verdict(*sorted((sign * low, sign * high)))
+    seed_differences = [sign * d for d in seed_differences]
     if interval == "no difference":
         return "no difference measured"
     if len(seed_differences) < 2:
@@ -53,7 +60,7 @@ def verdict(low: float, high: float, seed_differences: list[float]) -> str:
 def _number(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
 
 
 def _items_cell(items: float | None, overlap: float | None) -> str:
@@ -67,6 +74,19 @@ def _seeds_cell(summary: dict, key: str) -> str:
     return "-" if row is None else f"{row['mean']:.4g} ± {row['sd']:.2g}"
 
 
+def _chosen(validation: dict) -> str:
+    """The epoch early stopping kept and its validation loss, from the train stage's
+    validation figures; a training in phases gives each phase's (`<phase>_best_epoch`)."""
+    if "best_epoch" in validation:
+        said = f"epoch {validation['best_epoch']:.0f}"
+        loss = validation.get("best_val_loss")
+        return said if loss is None else f"{said} (val loss {loss:.4g})"
+    phases = sorted(k.removesuffix("_best_epoch") for k in validation if k.endswith("_best_epoch"))
+    if not phases:
+        return "-"
+    return "epochs " + ", ".join(f"{p} {validation[p + '_best_epoch']:.0f}" for p in phases)
+
+
 def model_rows(root: Path, name: str) -> list[str]:
     metrics = _read(root / "metrics" / f"{name}.json")
     if not metrics:
@@ -75,11 +95,7 @@ def model_rows(root: Path, name: str) -> list[str]:
     seeds = _read(root / "metrics" / "seeds.json").get(name, {})
     runs = _read(root / "metrics" / "seeds_runs.json").get("runs", {}).get(name, {})
     headline = models.load(name).SCORE
-    chosen = (
-        f"epoch {validation['best_epoch']:.0f} (val loss {validation['best_val_loss']:.4g})"
-        if {"best_epoch", "best_val_loss"} <= set(validation)
-        else "-"
-    )
+    chosen = _chosen(validation)
     rows = []
     for metric, baseline in comparisons(metrics, headline):
         key = f"{metric}_vs_{baseline}"
@@ -94,8 +110,8 @@ def model_rows(root: Path, name: str) -> list[str]:
                     f"{metric} ({_items_cell(items, metrics.get('test_overlap'))})",
                     f"{_number(metrics.get(metric))} ({_seeds_cell(seeds, metric)})",
                     f"{baseline}: {_number(metrics.get(f'{metric}_{baseline}'))}",
-                    f"{metrics[key]:+.4f} [{low:+.4f}, {high:+.4f}] ({_seeds_cell(seeds, key)})",
-                    verdict(low, high, differences),
+                    f"{metrics[key]:+.4g} [{low:+.4g}, {high:+.4g}] ({_seeds_cell(seeds, key)})",
+                    verdict(low, high, differences, any(w in metric for w in LOWER_IS_BETTER)),
                     chosen if metric == headline else "",
                 ]
             )
