@@ -54,7 +54,7 @@ def test_table_rows_come_from_the_metrics_files(tmp_path):
     rows = report.model_rows(tmp_path, "crf")
     assert rows == [
         "| crf | f1 (50 items, 0 seen in training) | 0.9 (-) | jieba: 0.8 "
-        "| +0.1 [+0.05, +0.15] (-) | **better** (interval and 2 seeds agree) "
+        "| +0.1000 [+0.0500, +0.1500] (-) | **better** (interval and 2 seeds agree) "
         "| epoch 3 (val loss 0.25) |"
     ]
     assert report.model_rows(tmp_path, "ode") == ["| ode | not evaluated yet | | | | | |"]

@@ -63,6 +63,10 @@ def _number(value: float | None) -> str:
     return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
 
 
+def _signed(value: float) -> str:
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.3g}"
+
+
 def _items_cell(items: float | None, overlap: float | None) -> str:
     """How many test items, and how many of them training or validation also holds."""
     seen = "overlap not measured" if overlap is None else f"{overlap:.0f} seen in training"
@@ -110,7 +114,8 @@ def model_rows(root: Path, name: str) -> list[str]:
                     f"{metric} ({_items_cell(items, metrics.get('test_overlap'))})",
                     f"{_number(metrics.get(metric))} ({_seeds_cell(seeds, metric)})",
                     f"{baseline}: {_number(metrics.get(f'{metric}_{baseline}'))}",
-                    f"{metrics[key]:+.4g} [{low:+.4g}, {high:+.4g}] ({_seeds_cell(seeds, key)})",
+                    f"{_signed(metrics[key])} [{_signed(low)}, {_signed(high)}] "
+                    f"({_seeds_cell(seeds, key)})",
                     verdict(low, high, differences, any(w in metric for w in LOWER_IS_BETTER)),
                     chosen if metric == headline else "",
                 ]
