@@ -55,6 +55,12 @@ def run_seed(seed: int, models: list[str], cache_dir: Path) -> dict[str, dict[st
             }
         )
         subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=clone, env=env)
+        # `dvc add`-ed data (a user's corpus) comes from the shared cache, as a pull would.
+        added = subprocess.run(
+            ["git", "ls-files", "*.dvc"], cwd=clone, capture_output=True, text=True, check=True
+        ).stdout.split()
+        if added:
+            subprocess.run(["dvc", "checkout", "--quiet", *added], cwd=clone, env=env, check=True)
         params_file = clone / "params.yaml"
         params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
         params["runtime"]["seed"] = seed
