@@ -67,6 +67,10 @@ def _signed(value: float) -> str:
     return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.3g}"
 
 
+def _plain(value: float) -> str:
+    return _signed(value).removeprefix("+")
+
+
 def _items_cell(items: float | None, overlap: float | None) -> str:
     """How many test items, and how many of them training or validation also holds."""
     seen = "overlap not measured" if overlap is None else f"{overlap:.0f} seen in training"
@@ -75,7 +79,7 @@ def _items_cell(items: float | None, overlap: float | None) -> str:
 
 def _seeds_cell(summary: dict, key: str) -> str:
     row = summary.get(key)
-    return "-" if row is None else f"{row['mean']:.4g} ± {row['sd']:.2g}"
+    return "-" if row is None else f"{_plain(row['mean'])} ± {_plain(row['sd'])}"
 
 
 def _chosen(validation: dict) -> str:
