@@ -1,4 +1,5 @@
-"""The one split protocol: train / validation / test by group, seeded, without overlap."""
+"""The one evaluation protocol: train / validation / test by group, seeded, without overlap;
+the early stopper's best epoch."""
 
 import pytest
 
@@ -47,3 +48,19 @@ def test_held_out_items_seen_earlier_are_dropped():
     assert dropped == {"validation_overlap_dropped": 1, "test_overlap_dropped": 2}
     assert splits.overlap(kept["test"], kept["train"] + kept["validation"]) == 0
     assert splits.overlap(parts["test"], parts["train"]) == 1
+
+
+def test_best_epoch_is_numbered_as_trained_even_after_a_resume():
+    """A run resumed after epoch 2 logs epochs 3..5 only; its best is still epoch 4."""
+    import keras
+
+    from kexue import training
+
+    history = keras.callbacks.History()
+    history.epoch = [2, 3, 4]
+    history.history = {"loss": [0.9, 0.8, 0.7], "val_loss": [0.5, 0.4, 0.45]}
+    assert training.best_epoch(history) == {
+        "best_epoch": 4,
+        "best_loss": 0.8,
+        "best_val_loss": 0.4,
+    }

@@ -291,7 +291,9 @@ def fit(
         if validation_data is None:
             raise ParamsError("early stopping (patience) needs a validation split")
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor, patience=patience, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(
+                monitor, patience=patience, mode="min", restore_best_weights=True
+            )
         )
     return model.fit(
         sharded(train_data),
@@ -308,7 +310,8 @@ def best_epoch(history: keras.callbacks.History, monitor: str = "val_loss") -> d
     as `best_epoch` and `best_<figure>`: the validation figures that made the choice."""
     values = history.history[monitor]
     best = min(range(len(values)), key=values.__getitem__)
+    # history.epoch numbers the epochs this run trained: a resumed run starts past 0.
     return {
-        "best_epoch": best + 1,
+        "best_epoch": history.epoch[best] + 1,
         **{f"best_{name}": float(series[best]) for name, series in history.history.items()},
     }
