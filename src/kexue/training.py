@@ -197,12 +197,6 @@ def _without_epoch(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "epoch"}
 
 
-def hold_out(items: list, fraction: float) -> tuple[list, list]:
-    """(validation, training): the first `fraction` of the (shuffled) items, at least one."""
-    n_held = max(1, round(len(items) * fraction))
-    return items[:n_held], items[n_held:]
-
-
 def global_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The per-replica batch size (params.yaml) times the replicas in sync."""
     return batch_size * strategy.num_replicas_in_sync
