@@ -2,7 +2,7 @@
 
 import inspect
 
-from kexue import io, params, tracking
+from kexue import io, params, registry, tracking
 from kexue.text.segmentation import JiebaSettings
 
 from _common import model_config, run, stage_args
@@ -21,10 +21,10 @@ def main() -> None:
         logged.update(params.flatten({"segment": extra["jieba"]}))
     with tracking.stage_run(args.model, "export", logged, data_hash):
         tracking.log_metrics(metrics)
-        model_info = tracking.export_pyfunc(
+        model_info = registry.export_pyfunc(
             args.out, module.pyfunc(config, args.vocab, args.model_dir, **extra)
         )
-        version, champion = tracking.register_model(
+        version, champion = registry.register_model(
             model_info,
             config.registered_name,
             module.DESCRIPTION,

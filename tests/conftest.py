@@ -92,15 +92,15 @@ def mlflow_store(tmp_path, monkeypatch):
 def export_crf(trained_crf: dict, out_dir: Path, score: float):
     """One export_crf run: log the tiny segmenter as a pyfunc, register it with `score` as its
     test F1. Returns (run, version, crowned)."""
-    from kexue import tracking
+    from kexue import registry, tracking
     from kexue.models import crf
 
     config = trained_crf["config"]
     with tracking.stage_run("crf", "export", {"test": 1}, data_hash="abc") as run:
-        info = tracking.export_pyfunc(
+        info = registry.export_pyfunc(
             out_dir, crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"])
         )
-        version, crowned = tracking.register_model(
+        version, crowned = registry.register_model(
             info, "kexue-crf", crf.DESCRIPTION, "f1", score, {}
         )
     return run, version, crowned

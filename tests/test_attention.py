@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime, train_tiny
 
-from kexue import cli, params, stats, tracking
+from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
 from kexue.models import attention
 from kexue.text.segmentation import JiebaSettings
@@ -141,7 +141,7 @@ def pyfunc_dir(tiny, tmp_path, mlflow_store):
     jieba = JiebaSettings(hmm=True, user_dict=str(REPO / "data" / "jieba_userdict.txt"), corpora={})
     out = tmp_path / "pyfunc"
     with tracking.stage_run("attention", "export", {}, data_hash="h"):
-        tracking.export_pyfunc(
+        registry.export_pyfunc(
             out, attention.pyfunc(tiny["config"], tiny["vocab"], tiny["model_dir"], jieba)
         )
     return out

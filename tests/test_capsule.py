@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, stats, tracking
+from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
 from kexue.models import capsule
 
@@ -225,7 +225,7 @@ def pyfunc_dir(trained, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
         with tracking.stage_run("capsule", "export", {}, data_hash="h"):
-            tracking.export_pyfunc(
+            registry.export_pyfunc(
                 out, capsule.pyfunc(trained["config"], None, trained["root"] / "model")
             )
     return out

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from kexue import cli, tracking
+from kexue import cli, registry, tracking
 from kexue.models import crf
 
 
@@ -12,7 +12,7 @@ from kexue.models import crf
 def segmenter_dir(trained_crf, tmp_path, mlflow_store):
     out = tmp_path / "pyfunc"
     with tracking.stage_run("crf", "export", {}, data_hash="h"):
-        tracking.export_pyfunc(
+        registry.export_pyfunc(
             out, crf.pyfunc(trained_crf["config"], trained_crf["vocab"], trained_crf["model_dir"])
         )
     return out

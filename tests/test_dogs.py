@@ -18,7 +18,7 @@ from conftest import REPO, tiny_runtime
 from PIL import Image
 from test_images import stanford_dogs
 
-from kexue import cli, params, stats, tracking, training
+from kexue import cli, params, registry, stats, tracking, training
 from kexue.data import images
 from kexue.data.sources import Source
 from kexue.errors import DataError, ParamsError
@@ -209,7 +209,7 @@ def pyfunc_dir(config, model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
         with tracking.stage_run("dogs", "export", {}, data_hash="h"):
-            tracking.export_pyfunc(out, dogs.pyfunc(config, None, model_dir))
+            registry.export_pyfunc(out, dogs.pyfunc(config, None, model_dir))
     return out
 
 

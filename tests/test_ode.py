@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, stats, tracking
+from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
 from kexue.layers.ode import PARAMETERS, CompetitionODECell, competition, solver_step
 from kexue.models import ode
@@ -249,7 +249,7 @@ def pyfunc_dir(fitted, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
         with tracking.stage_run("ode", "export", {}, data_hash="h"):
-            tracking.export_pyfunc(out, ode.pyfunc(fitted["config"], None, root / "model"))
+            registry.export_pyfunc(out, ode.pyfunc(fitted["config"], None, root / "model"))
     return out
 
 

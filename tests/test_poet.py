@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, stats, tracking
+from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
 from kexue.layers.gated_conv import GatedConv1D
 from kexue.layers.gaussian_latent import GaussianSample, KLWarmup, WeightedOutput, kl_divergence
@@ -291,7 +291,7 @@ def pyfunc_dir(trained, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlruns.db'}")
         with tracking.stage_run("poet", "export", {}, data_hash="h"):
-            tracking.export_pyfunc(
+            registry.export_pyfunc(
                 store / "pyfunc",
                 poet.pyfunc(trained["config"], root / "vocab.json", root / "model"),
             )

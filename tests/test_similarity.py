@@ -13,7 +13,7 @@ import pytest
 import requests
 from conftest import REPO, tiny_runtime, train_tiny
 
-from kexue import cli, params, stats, tracking
+from kexue import cli, params, registry, stats, tracking
 from kexue.data.cilin import SynonymGroup, read_cilin
 from kexue.errors import DataError
 from kexue.models import similarity
@@ -270,7 +270,7 @@ def pyfunc_dir(tiny, tmp_path, mlflow_store):
     out = tmp_path / "pyfunc"
     root = tiny["root"]
     with tracking.stage_run("similarity", "export", {}, data_hash="h"):
-        tracking.export_pyfunc(
+        registry.export_pyfunc(
             out, similarity.pyfunc(tiny["config"], root / "vocab.json", root / "model")
         )
     return out

@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import REPO, tiny_runtime
 
-from kexue import cli, params, serving, splits, stats, tracking
+from kexue import cli, params, registry, serving, splits, stats, tracking
 from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
 from kexue.errors import DataError
 from kexue.models import title
@@ -347,7 +347,7 @@ def test_greedy_is_no_baseline_when_it_is_served(trained_title, tmp_path):
 def title_pyfunc(trained_title, tmp_path, mlflow_store):
     out = tmp_path / "pyfunc"
     with tracking.stage_run("title", "export", {}, data_hash="h"):
-        tracking.export_pyfunc(
+        registry.export_pyfunc(
             out,
             title.pyfunc(
                 trained_title["config"], trained_title["vocab"], trained_title["model_dir"]

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import export_crf
 
-from kexue import tracking, training
+from kexue import registry, tracking, training
 from kexue.servers import free_port
 
 
@@ -88,7 +88,7 @@ def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_st
     model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     out = model.predict(pd.DataFrame({"text": ["我们喜欢北京公园。", ""]}))
     assert out["words"].tolist() == [["我们", "喜欢", "北京", "公园", "。"], []]
-    champion = mlflow.pyfunc.load_model(tracking.champion_uri("kexue-crf"))
+    champion = mlflow.pyfunc.load_model(registry.champion_uri("kexue-crf"))
     assert champion.predict(pd.DataFrame({"text": ["散步"]}))["words"].tolist() == [["散步"]]
     with pytest.raises(mlflow.exceptions.MlflowException):
         model.predict(pd.DataFrame({"text": [12]}))

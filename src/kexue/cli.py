@@ -19,7 +19,7 @@ import sys
 import pandas as pd
 
 from kexue import params as project_params
-from kexue import tracking
+from kexue import registry, tracking
 from kexue.errors import KexueError
 
 
@@ -32,7 +32,7 @@ def champion(model: str) -> str:
     loaded = project_params.load(path) if path.is_file() else {}
     if isinstance(loaded.get(model), dict):
         name = project_params.block(loaded, model).get("registered_name", name)
-    return tracking.champion_uri(name)
+    return registry.champion_uri(name)
 
 
 def _load(model_uri: str):

@@ -1,4 +1,5 @@
-"""The one place that talks to MLflow: runs, metrics, artifacts, registered models.
+"""The one place that talks to MLflow about runs: the store, runs, params, metrics, artifacts.
+Registered models and their aliases live in `kexue.registry`.
 
 Default store: `sqlite:///<project>/mlruns.db` with artifacts in `<project>/mlartifacts`.
 `MLFLOW_TRACKING_URI` points everything at a team's server instead.
@@ -16,10 +17,6 @@ from typing import Any
 
 from kexue.errors import TrackingError
 
-CHAMPION = "champion"
-# How the store says a registered model (RESOURCE_DOES_NOT_EXIST) or its alias
-# (INVALID_PARAMETER_VALUE) is not there; any other error is the store failing.
-_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # dvc exp run --temp / --queue copies the repo to <project>/.dvc/tmp/exps/<run>/: runs made
 # there must still land in the project's own store, not in the copy that DVC deletes.
 _DVC_EXPS = (".dvc", "tmp", "exps")
@@ -71,7 +68,7 @@ def _quick_check(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def _store(action: str) -> Iterator[None]:
+def store(action: str) -> Iterator[None]:
     """An MLflow failure inside becomes one line naming the store, the action and the cause
     (a server whose database went down, a refused request), not a traceback."""
     import mlflow
@@ -159,7 +156,7 @@ def stage_run(model: str, stage: str, params: dict[str, Any], data_hash: str) ->
         "data.sha256": data_hash,
     }
     name = f"{stage}_{model}"
-    with _store(f"starting run {name}"):
+    with store(f"starting run {name}"):
         experiment_id = _experiment_id(mlflow, f"kexue-{model}")
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -170,7 +167,7 @@ def stage_run(model: str, stage: str, params: dict[str, Any], data_hash: str) ->
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.end_run("FAILED")
         raise
-    with _store(f"ending run {name}"):
+    with store(f"ending run {name}"):
         mlflow.end_run()
 
 
@@ -178,7 +175,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        with _store("logging metrics"):
+        with store("logging metrics"):
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
@@ -186,119 +183,5 @@ def log_artifact(path: str | Path, folder: str | None = None) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        with _store(f"logging artifact {Path(path).name}"):
+        with store(f"logging artifact {Path(path).name}"):
             mlflow.log_artifact(str(path), artifact_path=folder)
-
-
-def register_model(
-    model_info: Any,
-    name: str,
-    description: str,
-    score_name: str,
-    score: float,
-    tags: dict[str, str],
-) -> tuple[str, bool]:
-    """Register a logged model version; move `champion` to it if its score is at least the
-    current champion's. Returns (version, became_champion).
-
-    Moving the alias is the last write: a registration the store breaks off before it is
-    withdrawn (as far as the store still answers), so no version is left that should be
-    champion and is not; the error says what could not be undone."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    with _store(f"reading the champion of {name}"):
-        champion_score = _champion_score(client, name, score_name)
-        is_new = not client.search_registered_models(filter_string=f"name = '{name}'")
-    promote = champion_score is None or score >= champion_score
-    version = None
-    try:
-        with _store(f"registering {name}"):
-            version = mlflow.register_model(
-                model_info.model_uri, name, tags={**tags, score_name: str(score)}
-            ).version
-            client.update_registered_model(name, description=description)
-            if promote:
-                client.set_registered_model_alias(name, CHAMPION, version)
-    except TrackingError as err:
-        raise TrackingError(f"{err}; {_withdraw(client, name, version, is_new)}") from None
-    return str(version), promote
-
-
-def _withdraw(client, name: str, version: str | None, is_new: bool) -> str:
-    """Undo a half-done registration as far as the store lets; say what is left."""
-    import mlflow
-
-    try:
-        if version is not None:
-            client.delete_model_version(name, version)
-        if is_new:
-            client.delete_registered_model(name)
-    except mlflow.exceptions.MlflowException as err:
-        if err.error_code in _NOT_FOUND:
-            return "nothing was registered"
-        left = f"version {version} of {name}" if version is not None else f"model {name}"
-        return f"{left} may be left half registered: delete it once the store is back"
-    return "nothing was registered"
-
-
-def _champion_score(client, name: str, score_name: str) -> float | None:
-    import mlflow
-
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException as err:
-        if err.error_code in _NOT_FOUND:
-            return None
-        raise
-    value = champion.tags.get(score_name)
-    return float(value) if value is not None else None
-
-
-def champion_uri(name: str) -> str:
-    return f"models:/{name}@{CHAMPION}"
-
-
-def pip_requirements() -> list[str]:
-    """The served model's environment: this project's runtime dependencies, pinned as installed."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    pins = []
-    for spec in metadata.requires("kexue") or []:
-        requirement = Requirement(spec)
-        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        try:
-            pins.append(f"{requirement.name}=={metadata.version(requirement.name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return pins
-
-
-def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
-    """Save a pyfunc model to `out_dir` (atomically) and log the same model to the active run."""
-    import shutil
-    import tempfile
-
-    import mlflow
-
-    import kexue
-
-    kwargs = {
-        **model_kwargs,
-        "code_paths": [str(Path(kexue.__file__).parent)],
-        "pip_requirements": pip_requirements(),
-    }
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        mlflow.pyfunc.save_model(path=str(staging / "model"), **kwargs)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        (staging / "model").rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    with _store("logging the model"):
-        return mlflow.pyfunc.log_model(name="model", **kwargs)
