@@ -2,7 +2,7 @@
 train stage builds it) vs a plain port of the posts' approach, a Python generator yielding
 padded NumPy batches one at a time (Keras 2's `fit_generator`), feeding the same model.
 
-    python bench/training.py                          # after `dvc repro vocab@crf ...` etc.
+    python bench/training.py                          # after `dvc repro vocab_crf ...` etc.
     python bench/training.py --models crf title --steps 100 --repeats 3
 
 "Ours" is the very model and dataset the train stage fits: `<model>.train` runs as the stage

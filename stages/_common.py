@@ -13,7 +13,6 @@ from types import ModuleType
 from kexue import io, models, params
 from kexue.errors import KexueError
 from kexue.runtime import RuntimeConfig
-from kexue.stats import BootstrapConfig
 
 PATH_OPTIONS = {
     "data": "the model's prepared data folder",
@@ -51,10 +50,6 @@ def model_config(name: str) -> tuple[dict, ModuleType, object]:
 
 def runtime_config(all_params: dict) -> RuntimeConfig:
     return params.parse(RuntimeConfig, all_params.get("runtime"), "runtime")
-
-
-def bootstrap_config(all_params: dict) -> BootstrapConfig:
-    return params.parse(BootstrapConfig, all_params.get("bootstrap"), "bootstrap")
 
 
 def training_data_hash(data_dir: Path, vocab: Path | None) -> str:

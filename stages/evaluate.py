@@ -6,7 +6,7 @@ import inspect
 
 from kexue import io, params, stats, tracking
 
-from _common import bootstrap_config, model_config, run, stage_args
+from _common import model_config, run, stage_args
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
         __doc__, "data", "vocab", "model-dir", "baselines", "metrics", "plots", "items"
     )
     all_params, module, config = model_config(args.model)
-    bootstrap = bootstrap_config(all_params)
+    bootstrap = params.parse(stats.BootstrapConfig, all_params.get("bootstrap"), "bootstrap")
     logged = params.flatten(
         {"profile": all_params.get("profile"), "bootstrap": bootstrap, args.model: config}
     )

@@ -1,4 +1,4 @@
-"""DVC stage vocab@<model>: build the model's vocabulary from its training split."""
+"""DVC stage vocab_<model>: build the model's vocabulary from its training split."""
 
 import argparse
 from pathlib import Path

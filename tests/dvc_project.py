@@ -13,7 +13,7 @@ from conftest import REPO, tiny_corpus_lines
 
 from kexue.servers import tool_env
 
-CRF_BRANCH = ["prepare_crf", "vocab@crf", "train_crf", "evaluate_crf", "export_crf"]
+CRF_BRANCH = ["prepare_crf", "vocab_crf", "train_crf", "evaluate_crf", "export_crf"]
 
 ENV = tool_env(
     {

@@ -89,7 +89,7 @@ def test_exp_run_with_numbers_in_dvcs_own_formats(repo):
 
 ATTENTION_BRANCH = [
     "prepare_attention",
-    "vocab@attention",
+    "vocab_attention",
     "train_attention",
     "baseline_attention",
     "evaluate_attention",

@@ -74,7 +74,7 @@ def repo(tmp_path):
         "runtime.deterministic": True,
     }
     repo = make_project(tmp_path, params, corpus_lines=400)
-    run(repo, "dvc", "repro", "vocab@crf")
+    run(repo, "dvc", "repro", "vocab_crf")
     return repo
 
 

@@ -81,13 +81,13 @@ def wait_for_all(processes: list, timeout: float) -> list[int | None]:
 
 
 def prepare_here(repo) -> None:
-    """Make prepare_crf's and vocab@crf's outputs in this process and record them in
+    """Make prepare_crf's and vocab_crf's outputs in this process and record them in
     dvc.lock: two fewer processes that start TensorFlow."""
     config = params.parse(crf.Config, params.block(params.load(repo / "params.yaml"), "crf"), "crf")
     crf.prepare(config, [repo / config.corpus], repo / "data" / "prepared" / "crf")
     vocab = crf.build_vocab(config, repo / "data" / "prepared" / "crf")
     vocab.save(repo / "data" / "vocab" / "crf.json")
-    run(repo, "dvc", "commit", "-q", "-f", "prepare_crf", "vocab@crf")
+    run(repo, "dvc", "commit", "-q", "-f", "prepare_crf", "vocab_crf")
     # The MLflow store's tables too: the first run that creates them would be timed for it.
     run(repo, sys.executable, "-c", "from kexue import tracking; tracking.connect()")
 

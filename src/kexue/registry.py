@@ -103,27 +103,43 @@ def pip_requirements() -> list[str]:
 
 
 def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
-    """Save a pyfunc model to `out_dir` (atomically) and log the same model to the active run."""
+    """Save a pyfunc model to `out_dir` (atomically) and log the same model to the active run.
+
+    The model carries the project code its module imports and nothing else: the same files
+    its DVC stages list, so the served code is the code that trained and evaluated it."""
     import shutil
     import tempfile
 
     import mlflow
 
-    import kexue
-
-    kwargs = {
-        **model_kwargs,
-        "code_paths": [str(Path(kexue.__file__).parent)],
-        "pip_requirements": pip_requirements(),
-    }
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        kwargs = {
+            **model_kwargs,
+            "code_paths": [str(_copy_code(model_kwargs["python_model"], staging / "code"))],
+            "pip_requirements": pip_requirements(),
+        }
         mlflow.pyfunc.save_model(path=str(staging / "model"), **kwargs)
         shutil.rmtree(out_dir, ignore_errors=True)
         (staging / "model").rename(out_dir)
+        with store("logging the model"):
+            return mlflow.pyfunc.log_model(name="model", **kwargs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    with store("logging the model"):
-        return mlflow.pyfunc.log_model(name="model", **kwargs)
+
+
+def _copy_code(python_model: Any, folder: Path) -> Path:
+    """A copy of the `kexue` package in `folder` holding only what the module that defines
+    `python_model` imports."""
+    import shutil
+
+    import kexue
+    from kexue.code_closure import module_bundle
+
+    package_parent = Path(kexue.__file__).resolve().parent.parent
+    for file in module_bundle(package_parent, type(python_model).__module__):
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(package_parent / file, folder / file)
+    return folder / "kexue"
