@@ -28,6 +28,8 @@ PATH_OPTIONS = {
     "items": "CSV of per-item test scores, one column a system (and count)",
 }
 OPTIONAL = {"vocab", "baselines"}
+TRAINING_SPLITS = ("train", "validation")
+SPLITS = (*TRAINING_SPLITS, "test")
 
 
 def stage_args(description: str, *path_options: str) -> argparse.Namespace:
@@ -56,6 +58,20 @@ def training_data_hash(data_dir: Path, vocab: Path | None) -> str:
     """The digest of what training may read: every prepared file but the test split's."""
     files = [f for f in sorted(data_dir.iterdir()) if f.stem != "test"] if data_dir.is_dir() else []
     return io.hash_paths([*files, vocab])
+
+
+def data_inputs(data_dir: Path, vocab: Path | None, training: bool) -> list[tuple[str, Path]]:
+    """(context, path) of the data a stage reads, for `tracking.log_inputs`: the files and
+    folders of `data_dir` under the split their names begin with (train.txt,
+    validation_pairs.npz, test/), any other (phrases.txt, truth.json, pairs.npz) under its own
+    name; `training`: the train and validation splits only. Then the vocabulary."""
+    inputs = []
+    entries = sorted(data_dir.iterdir()) if data_dir.is_dir() else []  # missing: train says so
+    for path in (p for p in entries if not p.name.startswith(".")):
+        split = path.stem.split("_")[0]
+        if not training or split in TRAINING_SPLITS:
+            inputs.append((split if split in SPLITS else path.stem, path))
+    return [*inputs, ("vocabulary", vocab)] if vocab is not None else inputs
 
 
 def resumable(runtime: RuntimeConfig, name: str, data_hash: str, logged: dict) -> RuntimeConfig:

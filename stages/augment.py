@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="the class-per-folder dataset")
     parser.add_argument("out", type=Path, help="the preview PNG")
     args = parser.parse_args()
-    all_params, _, config = model_config(args.model)
+    all_params, module, config = model_config(args.model)
     paths, labels, _ = images.list_split(args.data, "train")
     chosen = images.preview_sample(
         labels, config.preview.classes, config.preview.per_class, config.augment.seed
@@ -28,7 +28,8 @@ def main() -> None:
     logged = params.flatten(
         {"profile": all_params.get("profile"), "augment": config.augment, "preview": config.preview}
     )
-    with tracking.stage_run(args.model, "augment", logged, io.hash_paths([args.data])):
+    data_hash = io.hash_paths([args.data])
+    with tracking.stage_run(args.model, "augment", logged, data_hash, module.DESCRIPTION):
         with io.atomic_path(args.out) as tmp:
             tmp.write_bytes(augment.preview_png(rows))
         tracking.log_artifact(args.out, "plots")

@@ -5,7 +5,15 @@ most epochs); a stage of its own so that changing the model's params does not re
 
 from kexue import io, params, tracking, training
 
-from _common import model_config, resumable, run, runtime_config, stage_args, training_data_hash
+from _common import (
+    data_inputs,
+    model_config,
+    resumable,
+    run,
+    runtime_config,
+    stage_args,
+    training_data_hash,
+)
 
 
 def main() -> None:
@@ -17,7 +25,8 @@ def main() -> None:
     )
     data_hash = training_data_hash(args.data, args.vocab)
     runtime = resumable(runtime, f"{args.model}-baseline", data_hash, logged)
-    with tracking.stage_run(args.model, "baseline", logged, data_hash):
+    with tracking.stage_run(args.model, "baseline", logged, data_hash, module.DESCRIPTION):
+        tracking.log_inputs(data_inputs(args.data, args.vocab, training=True))
         summary = module.train_baselines(
             config, runtime, args.data, args.vocab, args.model_dir, args.curves_dir
         )

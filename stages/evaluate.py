@@ -6,7 +6,7 @@ import inspect
 
 from kexue import io, params, stats, tracking
 
-from _common import model_config, run, stage_args
+from _common import data_inputs, model_config, run, stage_args
 
 
 def main() -> None:
@@ -22,7 +22,8 @@ def main() -> None:
     extra = {}
     if "baselines_dir" in inspect.signature(module.evaluate).parameters:
         extra["baselines_dir"] = args.baselines
-    with tracking.stage_run(args.model, "evaluate", logged, data_hash):
+    with tracking.stage_run(args.model, "evaluate", logged, data_hash, module.DESCRIPTION):
+        tracking.log_inputs(data_inputs(args.data, args.vocab, training=False))
         metrics, scores = module.evaluate(
             config, args.data, args.vocab, args.model_dir, args.plots, **extra
         )
@@ -34,6 +35,7 @@ def main() -> None:
         tracking.log_artifact(args.items)
         for plot in sorted(args.plots.glob("*")):
             tracking.log_artifact(plot, "plots")
+        tracking.tag_output(tracking.METRICS_FILE_TAG, args.metrics)
         print(metrics)
 
 

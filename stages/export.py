@@ -19,8 +19,12 @@ def main() -> None:
     if "jieba" in inspect.signature(module.pyfunc).parameters:
         extra["jieba"] = params.parse(JiebaSettings, params.block(all_params, "segment"), "segment")
         logged.update(params.flatten({"segment": extra["jieba"]}))
-    with tracking.stage_run(args.model, "export", logged, data_hash):
+    with tracking.stage_run(args.model, "export", logged, data_hash, module.DESCRIPTION):
         tracking.log_metrics(metrics)
+        # The runs that made what this export reads, found by the files' contents.
+        lineage = tracking.lineage_tags(
+            args.model, args.model_dir / module.MODEL_FILE, args.metrics
+        )
         model_info = registry.export_pyfunc(
             args.out, module.pyfunc(config, args.vocab, args.model_dir, **extra)
         )
@@ -30,7 +34,7 @@ def main() -> None:
             module.DESCRIPTION,
             module.SCORE,
             metrics[module.SCORE],
-            tags={"data.sha256": data_hash},
+            tags={"data.sha256": data_hash, **lineage},
         )
     status = "now champion" if champion else "champion unchanged"
     print(

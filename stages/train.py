@@ -8,7 +8,15 @@ import contextlib
 
 from kexue import io, params, tracking, training
 
-from _common import model_config, resumable, run, runtime_config, stage_args, training_data_hash
+from _common import (
+    data_inputs,
+    model_config,
+    resumable,
+    run,
+    runtime_config,
+    stage_args,
+    training_data_hash,
+)
 
 
 def main() -> None:
@@ -28,14 +36,16 @@ def main() -> None:
     outputs = training.worker_outputs(runtime, args.model_dir, args.curves)
     # One MLflow run per job: the chief's (a worker's metrics go nowhere without a run).
     chief_run = (
-        tracking.stage_run(args.model, "train", logged, data_hash)
+        tracking.stage_run(args.model, "train", logged, data_hash, module.DESCRIPTION)
         if training.is_chief(runtime)
         else contextlib.nullcontext()
     )
     with outputs as (runtime, model_dir, curves), chief_run:
+        tracking.log_inputs(data_inputs(args.data, args.vocab, training=True))
         summary = module.train(config, runtime, args.data, args.vocab, model_dir, curves)
         tracking.log_metrics(summary)
         tracking.log_artifact(curves, "plots")
+        tracking.tag_output(tracking.MODEL_FILE_TAG, model_dir / module.MODEL_FILE)
     if training.is_chief(runtime):
         io.write_json(args.validation, summary)
 

@@ -89,18 +89,23 @@ def mlflow_store(tmp_path, monkeypatch):
     return uri
 
 
-def export_crf(trained_crf: dict, out_dir: Path, score: float):
+def export_crf(trained_crf: dict, out_dir: Path, score: float, metrics_file: Path | None = None):
     """One export_crf run: log the tiny segmenter as a pyfunc, register it with `score` as its
-    test F1. Returns (run, version, crowned)."""
+    test F1; with `metrics_file`, tagged with its lineage as stages/export.py tags it.
+    Returns (run, version, crowned)."""
     from kexue import registry, tracking
     from kexue.models import crf
 
     config = trained_crf["config"]
     with tracking.stage_run("crf", "export", {"test": 1}, data_hash="abc") as run:
+        tags = {}
+        if metrics_file is not None:
+            model_file = trained_crf["model_dir"] / crf.MODEL_FILE
+            tags = tracking.lineage_tags("crf", model_file, metrics_file)
         info = registry.export_pyfunc(
             out_dir, crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"])
         )
         version, crowned = registry.register_model(
-            info, "kexue-crf", crf.DESCRIPTION, "f1", score, {}
+            info, "kexue-crf", crf.DESCRIPTION, "f1", score, tags
         )
     return run, version, crowned

@@ -1,5 +1,9 @@
 """MLflow for real: a SQLite store, runs with tags, registry aliases, a pyfunc loaded back."""
 
+import hashlib
+import json
+from pathlib import Path
+
 import keras
 import mlflow
 import numpy as np
@@ -8,7 +12,8 @@ import pytest
 import tensorflow as tf
 from conftest import export_crf
 
-from kexue import registry, tracking, training
+from kexue import io, registry, tracking, training
+from kexue.errors import DataError
 from kexue.servers import free_port
 
 
@@ -92,3 +97,83 @@ def test_pyfunc_loads_back_and_answers_raw_text(trained_crf, tmp_path, mlflow_st
     assert champion.predict(pd.DataFrame({"text": ["散步"]}))["words"].tolist() == [["散步"]]
     with pytest.raises(mlflow.exceptions.MlflowException):
         model.predict(pd.DataFrame({"text": [12]}))
+
+
+def test_inputs_are_logged_as_datasets_with_sha256_and_rows_of_their_kind(mlflow_store, tmp_path):
+    data = tmp_path / "data"
+    (data / "images" / "a").mkdir(parents=True)
+    (data / "images" / "b").mkdir()
+    (data / "train.txt").write_text("我们 喜欢\n北京\n公园")  # the last line has no newline
+    (data / "train.tsv").write_text("1\t好\n0\t差\n")
+    (data / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+    (data / "train.csv").write_text("t,x1,x2\n0,1,2\n10,3,4\n")
+    (data / "test.csv").write_text("t,x1,x2\n")  # header only: no rows
+    np.savez(data / "pairs.npz", x=np.zeros((4, 2, 3)), y=np.zeros((4, 2)))
+    for image in ("a/1.png", "a/2.png", "b/3.png"):
+        (data / "images" / image).write_bytes(b"png")
+    (data / "vocab.json").write_text('{"tokens": ["<pad>", "<unk>"]}')
+    kinds = ["train.txt", "train.tsv", "train.jsonl", "train.csv", "test.csv", "pairs.npz"]
+    inputs = [(name.split(".")[0], data / name) for name in kinds]
+    inputs += [("train", data / "images"), ("vocabulary", "data/vocab.json")]
+    with tracking.stage_run("crf", "train", {}, data_hash="h") as run:
+        tracking.log_inputs(inputs)
+    logged = {}
+    for item in mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs:
+        context = {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]
+        source = json.loads(item.dataset.source)["uri"]
+        profile = json.loads(item.dataset.profile)
+        logged[source] = (context, item.dataset.name, item.dataset.digest, profile)
+    rows = {source: profile.get("num_rows") for source, (*_, profile) in logged.items()}
+    assert rows == {  # relative to the working folder (the project)
+        "data/train.txt": 3,
+        "data/train.tsv": 2,
+        "data/train.jsonl": 3,
+        "data/train.csv": 2,
+        "data/test.csv": 0,
+        "data/pairs.npz": 4,
+        "data/images": 3,
+        "data/vocab.json": None,
+    }
+    context, name, digest, profile = logged["data/train.txt"]
+    file_sha256 = hashlib.sha256((data / "train.txt").read_bytes()).hexdigest()
+    assert (context, name, digest, profile["sha256"]) == (
+        "train",
+        "data/train.txt",
+        file_sha256[:36],  # the most MLflow keeps
+        file_sha256,
+    )
+    assert logged["data/images"][3]["sha256"] == io.hash_paths([data / "images"])
+    with (
+        pytest.raises(DataError, match=r"missing\.txt: not found"),
+        tracking.stage_run("crf", "train", {}, data_hash="h"),
+    ):
+        tracking.log_inputs([("train", data / "missing.txt")])
+
+
+def test_runs_in_a_dvc_experiment_name_it_and_the_hash_of_its_params(mlflow_store, monkeypatch):
+    params = Path("params.yaml")
+    params.write_text("crf:\n  train:\n    epochs: 7\n")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with tracking.stage_run("crf", "train", {}, data_hash="h") as plain:
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-epochs")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abcd" * 5)
+    with tracking.stage_run("crf", "train", {}, data_hash="h") as experiment:
+        pass
+    client = mlflow.MlflowClient()
+    tags = client.get_run(experiment.info.run_id).data.tags
+    assert tags["dvc.exp.name"] == "tiny-epochs"
+    assert tags["dvc.exp.baseline"] == "0123abcd" * 5
+    assert tags["params.sha256"] == hashlib.sha256(params.read_bytes()).hexdigest()
+    assert "dvc.exp.name" not in client.get_run(plain.info.run_id).data.tags
+
+
+def test_the_experiment_is_described_and_its_description_kept_current(mlflow_store):
+    with tracking.stage_run("crf", "train", {}, data_hash="h", description="first words"):
+        pass
+    with tracking.stage_run("crf", "evaluate", {}, data_hash="h", description="better words"):
+        pass
+    with tracking.stage_run("crf", "export", {}, data_hash="h"):  # no description: kept
+        pass
+    experiment = mlflow.MlflowClient().get_experiment_by_name("kexue-crf")
+    assert experiment.tags["mlflow.note.content"] == "better words"  # the UI's description

@@ -23,16 +23,21 @@ from kexue import registry, tracking
 from kexue.errors import KexueError
 
 
-def champion(model: str) -> str:
-    """The champion's URI under the name params.yaml registers `model` by
-    (`<model>.registered_name` of the project the command runs in; `kexue-<model>` outside
-    one), so a project that renames its models still finds them."""
+def registered_name(model: str) -> str:
+    """The name params.yaml registers `model` by (`<model>.registered_name` of the project
+    the command runs in; `kexue-<model>` outside one), so a project that renames its models
+    still finds them."""
     name = f"kexue-{model}"
     path = tracking.project_root() / "params.yaml"
     loaded = project_params.load(path) if path.is_file() else {}
     if isinstance(loaded.get(model), dict):
         name = project_params.block(loaded, model).get("registered_name", name)
-    return registry.champion_uri(name)
+    return name
+
+
+def champion(model: str) -> str:
+    """The champion's URI under the name params.yaml registers `model` by."""
+    return registry.champion_uri(registered_name(model))
 
 
 def _load(model_uri: str):

@@ -1,5 +1,6 @@
-"""The one place that talks to MLflow about runs: the store, runs, params, metrics, artifacts.
-Registered models and their aliases live in `kexue.registry`.
+"""The one place that talks to MLflow about runs: the store, runs, params, metrics, artifacts,
+the datasets a run read and the tags that tie a registered version to the runs, data and code
+that made it. Registered models and their aliases live in `kexue.registry`.
 
 Default store: `sqlite:///<project>/mlruns.db` with artifacts in `<project>/mlartifacts`.
 `MLFLOW_TRACKING_URI` points everything at a team's server instead.
@@ -8,18 +9,35 @@ Default store: `sqlite:///<project>/mlruns.db` with artifacts in `<project>/mlar
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kexue.errors import TrackingError
+from kexue import io
+from kexue.errors import DataError, TrackingError
 
 # dvc exp run --temp / --queue copies the repo to <project>/.dvc/tmp/exps/<run>/: runs made
 # there must still land in the project's own store, not in the copy that DVC deletes.
 _DVC_EXPS = (".dvc", "tmp", "exps")
+# What `dvc exp run` sets in its stages' environment (dvc/env.py).
+DVC_EXP_NAME, DVC_EXP_BASELINE_REV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"
+
+UNKNOWN = "unknown"
+DESCRIPTION_TAG = "mlflow.note.content"  # MLflow shows this experiment tag as its description
+PARAMS_TAG = "params.sha256"
+EXP_NAME_TAG, EXP_BASELINE_TAG = "dvc.exp.name", "dvc.exp.baseline"
+# A train run's tag: the sha256 of the model file it wrote; an evaluate run's: of the metrics
+# file. A later stage finds the run that made the file it reads by its content, also when DVC
+# restored the file from its run cache instead of running the stage.
+MODEL_FILE_TAG, METRICS_FILE_TAG = "model_file.sha256", "metrics_file.sha256"
+# A registered version's tags (and its export run's): the ids of the runs that made it.
+RUN_ID_TAGS = {stage: f"{stage}.run_id" for stage in ("train", "evaluate", "export")}
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -118,16 +136,22 @@ def _redact(uri: str) -> str:
     return uri
 
 
-def _experiment_id(mlflow, name: str) -> str:
+def _experiment_id(mlflow, name: str, description: str | None) -> str:
+    """The experiment's id, created if new; its description set to `description` if given."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if description and experiment.tags.get(DESCRIPTION_TAG) != description:
+            mlflow.MlflowClient().set_experiment_tag(
+                experiment.experiment_id, DESCRIPTION_TAG, description
+            )
         return experiment.experiment_id
     location = None
     store = _sqlite_file(tracking_uri())
     if store is not None:
         # Artifacts beside the database, so a store in a temp folder keeps its files there too.
         location = (store.parent / "mlartifacts" / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    tags = {DESCRIPTION_TAG: description} if description else None
+    return mlflow.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -142,22 +166,43 @@ def git_commit() -> str:
     result = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     )
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    return result.stdout.strip() if result.returncode == 0 else UNKNOWN
+
+
+def provenance() -> dict[str, str]:
+    """Tags naming the code and params a run ran with: the git commit, the sha256 of the
+    params.yaml it read and, inside `dvc exp run`, the experiment's name and baseline commit:
+    there HEAD is the baseline, whose params are not the experiment's."""
+    tags = {"git.commit": git_commit()}
+    params_file = Path("params.yaml")  # the stages' own: DVC runs them in the workspace
+    if params_file.is_file():
+        tags[PARAMS_TAG] = _sha256(params_file)
+    if experiment := os.environ.get(DVC_EXP_NAME):
+        tags[EXP_NAME_TAG] = experiment
+        tags[EXP_BASELINE_TAG] = os.environ.get(DVC_EXP_BASELINE_REV, UNKNOWN)
+    return tags
 
 
 @contextlib.contextmanager
-def stage_run(model: str, stage: str, params: dict[str, Any], data_hash: str) -> Iterator[Any]:
-    """One MLflow run for one DVC stage, in experiment `kexue-<model>`."""
+def stage_run(
+    model: str,
+    stage: str,
+    params: dict[str, Any],
+    data_hash: str,
+    description: str | None = None,
+) -> Iterator[Any]:
+    """One MLflow run for one DVC stage, in experiment `kexue-<model>` (described by
+    `description`: the post, the task, the data)."""
     mlflow = connect()
     tags = {
         "kexue.model": model,
         "dvc.stage": f"{stage}_{model}",
-        "git.commit": git_commit(),
         "data.sha256": data_hash,
+        **provenance(),
     }
     name = f"{stage}_{model}"
     with store(f"starting run {name}"):
-        experiment_id = _experiment_id(mlflow, f"kexue-{model}")
+        experiment_id = _experiment_id(mlflow, f"kexue-{model}", description)
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     try:
@@ -185,3 +230,170 @@ def log_artifact(path: str | Path, folder: str | None = None) -> None:
     if mlflow.active_run() is not None:
         with store(f"logging artifact {Path(path).name}"):
             mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+# MLflow keeps at most 36 characters of a dataset's digest: the sha256's first 36 hex digits
+# (the whole sha256 is in the dataset's profile).
+DIGEST_CHARS = 36
+# Text files hold one record a line; a CSV's first line is its header (csv.DictReader's).
+LINE_FILES = {".txt": 0, ".tsv": 0, ".jsonl": 0, ".csv": 1}  # suffix: header lines
+
+
+def log_inputs(inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """Log each (context, file or folder) the active run reads as an MLflow dataset: named
+    `<folder>/<name>`, its source the path relative to the working folder (the project, where
+    DVC runs the stages), its digest the sha256 of its bytes (a folder's: of its files' names
+    and bytes) and its rows (see `_measure`). Each file is read once."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    datasets = [(context, _dataset(Path(path))) for context, path in inputs]
+    if not datasets:
+        return
+    with store("logging the run's input datasets"):
+        mlflow.log_inputs(
+            datasets=[dataset for _, dataset in datasets],
+            contexts=[context for context, _ in datasets],
+            tags_list=[None] * len(datasets),
+        )
+
+
+def _dataset(path: Path) -> Any:
+    # MLflow is imported where used: stages that log nothing (fetch) start without it.
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    class FileDataset(MetaDataset):
+        """A dataset known by its file: source, digest and a profile (sha256, rows)."""
+
+        def __init__(self, source, name: str, digest: str, profile: dict[str, Any]):
+            self._profile = profile
+            super().__init__(source=source, name=name, digest=digest)
+
+        @property
+        def profile(self) -> dict[str, Any]:
+            return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+    sha256, rows = _measure(path)
+    profile = {"sha256": sha256} if rows is None else {"sha256": sha256, "num_rows": rows}
+    source = LocalArtifactDatasetSource(_relative(path))
+    return FileDataset(source, f"{path.parent.name}/{path.name}", sha256[:DIGEST_CHARS], profile)
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the working folder if inside it, else absolute (links kept: a file
+    DVC linked from its cache is named where the stage read it)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(os.path.abspath(Path.cwd())).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def _measure(path: Path) -> tuple[str, int | None]:
+    """(sha256, rows) of a file or folder, reading it once. Rows: a text file's records (its
+    lines, a CSV's header excepted), an .npz or .npy file's length of its arrays' first axis,
+    a folder's files (images); None for any other kind."""
+    if not path.exists():
+        raise DataError(f"{path}: not found; expected a file or folder the run reads")
+    if path.is_dir():
+        return io.hash_paths([path]), sum(1 for f in path.rglob("*") if f.is_file())
+    digest, newlines, last = hashlib.sha256(), 0, b"\n"
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            newlines += block.count(b"\n")
+            last = block[-1:]
+    suffix = path.suffix.lower()
+    rows = None
+    if suffix in LINE_FILES:
+        lines = newlines + (last != b"\n")  # a last line without its newline counts too
+        rows = max(lines - LINE_FILES[suffix], 0)
+    elif suffix in (".npz", ".npy"):
+        rows = _array_rows(path)
+    return digest.hexdigest(), rows
+
+
+def _sha256(path: Path) -> str:
+    return _measure(path)[0]
+
+
+def _array_rows(path: Path) -> int | None:
+    """The common length of the first axis of an .npy file's array or an .npz file's arrays,
+    read from their headers alone; None when they differ or one is a scalar."""
+    if path.suffix.lower() == ".npy":
+        with path.open("rb") as handle:
+            lengths = {_npy_length(handle)}
+    else:
+        with zipfile.ZipFile(path) as archive:
+            lengths = set()
+            for member in archive.namelist():
+                with archive.open(member) as handle:
+                    lengths.add(_npy_length(handle))
+    return lengths.pop() if len(lengths) == 1 else None
+
+
+def _npy_length(handle) -> int | None:
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape = read_header(handle)[0]
+    return shape[0] if shape else None
+
+
+def tag_output(tag: str, path: str | os.PathLike) -> None:
+    """Tag the active run with the sha256 of a file it wrote (`MODEL_FILE_TAG`,
+    `METRICS_FILE_TAG`): the last thing a stage does, so a tagged run finished its outputs."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        with store(f"tagging the run with {tag}"):
+            mlflow.set_tag(tag, _sha256(Path(path)))
+
+
+def run_that_wrote(model: str, tag: str, path: str | os.PathLike) -> str:
+    """The id of the newest finished run of experiment `kexue-<model>` tagged (`tag_output`)
+    with the sha256 of `path`; "unknown" if there is none (the store was wiped since)."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(f"kexue-{model}")
+    if experiment is None:
+        return UNKNOWN
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{tag}` = '{_sha256(Path(path))}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else UNKNOWN
+
+
+def lineage_tags(
+    model: str, model_file: str | os.PathLike, metrics_file: str | os.PathLike
+) -> dict[str, str]:
+    """The tags of a version the active (export) run registers: the ids of the train run that
+    wrote `model_file`, the evaluate run that wrote `metrics_file` and the export run, and the
+    code and params (`provenance`). The export run is tagged with its train and evaluate runs.
+    """
+    import mlflow
+
+    active = mlflow.active_run()
+    with store("finding the runs that made the model"):
+        made_by = {
+            RUN_ID_TAGS["train"]: run_that_wrote(model, MODEL_FILE_TAG, model_file),
+            RUN_ID_TAGS["evaluate"]: run_that_wrote(model, METRICS_FILE_TAG, metrics_file),
+        }
+        if active is not None:
+            mlflow.set_tags(made_by)
+    made_by[RUN_ID_TAGS["export"]] = active.info.run_id if active is not None else UNKNOWN
+    return {**made_by, **provenance()}

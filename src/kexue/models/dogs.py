@@ -44,7 +44,9 @@ CLASSES_FILE = "classes.json"
 BASELINE_FILE = "scratch.keras"  # in the baselines folder
 SCORE = "acc"
 DESCRIPTION = (
-    "Fine-tuned pretrained CNN image classifier (kexue.fm, 百度分狗竞赛). Input: a column "
+    "Fine-tuned pretrained CNN image classifier (kexue.fm, 百度分狗竞赛), trained on "
+    "`dogs.data` (by default MNIST digits as PNG files, a stand-in; `full`: Stanford Dogs). "
+    "Input: a column "
     "`image` of PNG/JPEG bytes or base64 text, any size. Output: `label` (best class), "
     "`classes` and `probabilities` (the top k; request param `top_k`)."
 )

@@ -47,8 +47,9 @@ COLUMNS = ("t", "x1", "x2")
 # rewards nothing but fitting them; the parameter errors are reported beside it.
 SCORE = "extrapolation_r2"
 DESCRIPTION = (
-    "Two-species competition ODE fitted through an RNN whose cell is a Runge-Kutta step "
-    "(kexue.fm, 貌离神合的RNN与ODE). Input: a column `t` of times. Params: `x1`, `x2`, the "
+    "Two-species competition ODE fitted to the post's observations (generated from its model, "
+    "`ode.data`) through an RNN whose cell is a Runge-Kutta step (kexue.fm, 貌离神合的RNN与ODE). "
+    "Input: a column `t` of times. Params: `x1`, `x2`, the "
     "populations at the first observed time (default: the observed ones). Output: columns "
     "`t`, `x1`, `x2`, the fitted model's populations at those times."
 )

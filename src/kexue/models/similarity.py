@@ -40,8 +40,9 @@ MODEL_FILE = "model.keras"
 PHRASES_FILE = "phrases.txt"  # every known phrase, ranked when a query comes without candidates
 SCORE = "top1"  # the registry's champion is the version with the best top-1 retrieval accuracy
 DESCRIPTION = (
-    "GRU sentence encoder trained with AM-Softmax on synonym groups (kexue.fm, 基于GRU和"
-    "AM-Softmax的句子相似度模型). Input: a column `text` -> a column `vector` (unit vectors), "
+    "GRU sentence encoder trained with AM-Softmax on the synonym groups of HIT Tongyici Cilin "
+    "(kexue.fm, 基于GRU和AM-Softmax的句子相似度模型). Input: a column `text` -> a column "
+    "`vector` (unit vectors), "
     "or a column `query` with an optional column `candidates` (lists of strings) -> columns "
     "`ranked` and `scores` (cosines, best first; without candidates, the top_k known phrases)."
 )

@@ -41,8 +41,9 @@ MODEL_FILE = "model.keras"
 SCORE = "rouge_l"  # the registry's champion is the version with the best test ROUGE-L
 DESCRIPTION = (
     "Seq2seq title generator: BiLSTM encoder, LSTM decoder with attention, copy prior, beam "
-    "search (kexue.fm, 玩转Keras之seq2seq自动生成标题). Input: a column `text` of raw strings "
-    "(a poem here). Output: a column `title`. Predict params: beam_width."
+    "search (kexue.fm, 玩转Keras之seq2seq自动生成标题), trained on Tang poems and their "
+    "titles (`title.corpus`; the post: news). Input: a column `text` of raw strings (a poem "
+    "here). Output: a column `title`. Predict params: beam_width."
 )
 START, END = "<s>", "</s>"
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
