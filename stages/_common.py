@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,14 @@ def model_config(name: str) -> tuple[dict, ModuleType, object]:
     all_params = params.load()
     module = models.load(name)
     return all_params, module, params.parse(module.Config, params.block(all_params, name), name)
+
+
+def evaluate_kwargs(module: ModuleType, baselines: Path | None) -> dict:
+    """The optional arguments of `module.evaluate`: the baselines folder, for a model whose
+    baselines are trained."""
+    if "baselines_dir" in inspect.signature(module.evaluate).parameters:
+        return {"baselines_dir": baselines}
+    return {}
 
 
 def runtime_config(all_params: dict) -> RuntimeConfig:

@@ -1,12 +1,11 @@
-"""DVC stage evaluate_<model>: the only stage that reads the test split. Scores the trained
-model and its baselines on it, item by item, and writes each figure, each difference to a
-baseline and its paired bootstrap interval (`<metric>_vs_<baseline>`, `_low`, `_high`)."""
-
-import inspect
+"""DVC stage evaluate_<model>: the stage that reads the test split (export reads it only to
+score the champion the same way). Scores the trained model and its baselines on it, item by
+item, and writes each figure, each difference to a baseline and its paired bootstrap
+interval (`<metric>_vs_<baseline>`, `_low`, `_high`)."""
 
 from kexue import io, params, stats, tracking
 
-from _common import data_inputs, model_config, run, stage_args
+from _common import data_inputs, evaluate_kwargs, model_config, run, stage_args
 
 
 def main() -> None:
@@ -19,13 +18,15 @@ def main() -> None:
         {"profile": all_params.get("profile"), "bootstrap": bootstrap, args.model: config}
     )
     data_hash = io.hash_paths([args.data, args.vocab, args.model_dir / module.MODEL_FILE])
-    extra = {}
-    if "baselines_dir" in inspect.signature(module.evaluate).parameters:
-        extra["baselines_dir"] = args.baselines
     with tracking.stage_run(args.model, "evaluate", logged, data_hash, module.DESCRIPTION):
         tracking.log_inputs(data_inputs(args.data, args.vocab, training=False))
         metrics, scores = module.evaluate(
-            config, args.data, args.vocab, args.model_dir, args.plots, **extra
+            config,
+            args.data,
+            args.vocab,
+            args.model_dir,
+            args.plots,
+            **evaluate_kwargs(module, args.baselines),
         )
         metrics.update(stats.comparisons(scores, bootstrap))
         stats.write_items(args.items, scores)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny learnable corpus and a tiny trained segmenter (seconds to build)."""
 
 import dataclasses
+import functools
 import os
 import random
 from pathlib import Path
@@ -89,14 +90,25 @@ def mlflow_store(tmp_path, monkeypatch):
     return uri
 
 
-def export_crf(trained_crf: dict, out_dir: Path, score: float, metrics_file: Path | None = None):
+def export_crf(
+    trained_crf: dict,
+    out_dir: Path,
+    score: float,
+    score_champion=None,
+    metrics_file: Path | None = None,
+):
     """One export_crf run: log the tiny segmenter as a pyfunc, register it with `score` as its
-    test F1; with `metrics_file`, tagged with its lineage as stages/export.py tags it.
-    Returns (run, version, crowned)."""
+    test F1. The champion is scored on the tiny test split by crf.evaluate, as the stage does,
+    unless `score_champion` (model URI -> score) stands in; with `metrics_file`, the version is
+    tagged with its lineage as stages/export.py tags it. Returns (run, version, crowned)."""
     from kexue import registry, tracking
     from kexue.models import crf
 
     config = trained_crf["config"]
+    if score_champion is None:
+        score_champion = functools.partial(
+            registry.score_on_split, module=crf, config=config, data_dir=trained_crf["data"]
+        )
     with tracking.stage_run("crf", "export", {"test": 1}, data_hash="abc") as run:
         tags = {}
         if metrics_file is not None:
@@ -105,7 +117,7 @@ def export_crf(trained_crf: dict, out_dir: Path, score: float, metrics_file: Pat
         info = registry.export_pyfunc(
             out_dir, crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"])
         )
-        version, crowned = registry.register_model(
-            info, "kexue-crf", crf.DESCRIPTION, "f1", score, tags
+        version, crowned, _ = registry.register_model(
+            info, "kexue-crf", crf.DESCRIPTION, "f1", score, tags, score_champion
         )
     return run, version, crowned

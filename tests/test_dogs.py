@@ -21,7 +21,7 @@ from test_images import stanford_dogs
 from kexue import cli, params, registry, stats, tracking, training
 from kexue.data import images
 from kexue.data.sources import Source
-from kexue.errors import DataError, ParamsError
+from kexue.errors import DataError, IncompatibleDataError, ParamsError
 from kexue.layers.center import CenterLoss
 from kexue.layers.gate import FeatureGate
 from kexue.models import dogs
@@ -195,6 +195,16 @@ def test_test_overlap_counts_byte_identical_test_images(config, colours, model_d
     shutil.copy(model_dir / dogs.MODEL_FILE, baselines / dogs.BASELINE_FILE)
     metrics, _ = dogs.evaluate(config, data, None, model_dir, tmp_path / "plots", baselines)
     assert metrics["test_overlap"] == 1
+
+
+def test_a_model_of_another_image_size_cannot_read_the_split(config, colours, model_dir, tmp_path):
+    """How a champion trained on other images says it cannot be scored on a new split."""
+    larger = dataclasses.replace(config, model=dataclasses.replace(config.model, image_size=48))
+    with pytest.raises(
+        IncompatibleDataError,
+        match=r"model\.keras reads 32-pixel images; params\.yaml: dogs\.model\.image_size is 48",
+    ):
+        dogs.evaluate(larger, colours / "data", None, model_dir, tmp_path / "plots", tmp_path)
 
 
 def test_top_layer_must_exist(config):

@@ -17,7 +17,7 @@ from PIL import Image
 from kexue.data import images
 from kexue.data.images import ImageDataConfig
 from kexue.data.sources import Source
-from kexue.errors import DataError, SourceError
+from kexue.errors import DataError, IncompatibleDataError, SourceError
 
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
 
@@ -210,12 +210,12 @@ def test_no_held_out_image_equals_a_training_image(tmp_path):
     assert counts["test"] == 2 == len(digests["test"])
 
 
-def test_a_test_class_unknown_to_training_is_an_error(tmp_path):
+def test_a_test_class_unknown_to_training_is_one_its_models_cannot_read(tmp_path):
     for split, name in (("train", "a"), ("test", "b")):
         (tmp_path / split / name).mkdir(parents=True)
         (tmp_path / split / name / "x.png").write_bytes(b"")
     _, _, classes = images.list_split(tmp_path, "train")
-    with pytest.raises(DataError, match=r"test/b: class not in the training split"):
+    with pytest.raises(IncompatibleDataError, match=r"test/b: class not in the training split"):
         images.list_split(tmp_path, "test", classes)
 
 

@@ -46,6 +46,10 @@ def test_training_param_reruns_only_train_evaluate_export(repo):
     set_params(repo, {"crf.train.epochs": 2})
     result = run(repo, "dvc", "repro", "export_crf")
     assert stages_run(result.stdout) == ["train_crf", "evaluate_crf", "export_crf"]
+    # The new version was compared with version 1, scored on the new test split.
+    with sqlite3.connect(repo / "mlruns.db") as db:
+        tags = dict(db.execute("select key, value from model_version_tags where version = 2"))
+    assert tags["champion.version"] == "1" and float(tags["champion.score"]) >= 0
 
 
 def test_replacing_the_dvc_tracked_corpus_reruns_its_dependents(repo):

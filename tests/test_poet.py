@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, tiny_runtime
 
 from kexue import cli, params, registry, stats, tracking
-from kexue.errors import DataError
+from kexue.errors import DataError, IncompatibleDataError
 from kexue.layers.gated_conv import GatedConv1D
 from kexue.layers.gaussian_latent import GaussianSample, KLWarmup, WeightedOutput, kl_divergence
 from kexue.models import poet
@@ -282,6 +282,21 @@ def test_tiny_vae_reconstructs_held_out_couplets_better_than_the_prior_mean(trai
     assert sum(line.endswith("。") and "，" in line for line in text) == 20 + 20 + 2 + 5
     header = pd.read_csv(root / "curves.csv").columns
     assert {"couplet_loss", "kl_loss", "val_couplet_char_accuracy"} <= set(header)
+
+
+def test_a_model_of_other_line_lengths_cannot_read_the_split(trained):
+    """How a champion trained on other couplets says it cannot be scored on a new split."""
+    root, config = trained["root"], trained["config"]
+    chars = 2 * config.data.line_chars
+    longer = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, line_chars=config.data.line_chars + 1)
+    )
+    with pytest.raises(
+        IncompatibleDataError,
+        match=rf"model\.keras reads couplets of {chars} characters; params\.yaml: "
+        rf"poet\.data\.line_chars {chars // 2 + 1} makes them {chars + 2}",
+    ):
+        poet.evaluate(longer, root / "data", root / "vocab.json", root / "model", root / "plots")
 
 
 @pytest.fixture(scope="module")

@@ -19,3 +19,8 @@ class SourceError(KexueError):
 
 class TrackingError(KexueError):
     """The MLflow tracking store cannot be reached or refused a request."""
+
+
+class IncompatibleDataError(DataError):
+    """A trained model cannot read these data: they hold a class, or need an input shape,
+    that it was not trained on (the registry then crowns the version that can)."""

@@ -1,18 +1,82 @@
 """Models in MLflow's registry: the pyfunc a stage exports, its registered versions and the
-`champion` alias that the CLI and the server follow."""
+`champion` alias that the CLI and the server follow.
+
+The champion is chosen on one test split at a time: an export scores the current champion
+on the new version's test split, with the model's own `evaluate` (`score_on_split`), and
+moves the alias only if the new version does at least as well there."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from kexue.errors import TrackingError
-from kexue.tracking import store
+from kexue import stats
+from kexue.errors import IncompatibleDataError, TrackingError
+from kexue.tracking import project_root, store
 
 CHAMPION = "champion"
 # How the store says a registered model (RESOURCE_DOES_NOT_EXIST) or its alias
 # (INVALID_PARAMETER_VALUE) is not there; any other error is the store failing.
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+# Beside the project's default store, so exports from the project's DVC experiments share it.
+LOCKS = (".kexue", "locks")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A new version's score against the champion's on the new version's test split."""
+
+    score_name: str
+    score: float
+    champion: str | None = None  # the champion's version; None when there is none yet
+    champion_score: float | None = None  # on this split; None when it cannot read it
+    unreadable: str | None = None  # why the champion cannot read this split
+
+    def verdict(self) -> tuple[bool, str]:
+        """(whether the new version takes the alias, why). A score that is not a number
+        (NaN) never wins; a champion whose score is not a number loses to any number."""
+        if not math.isfinite(self.score):
+            return False, f"{self.score_name} is {self.score}, which never takes the alias"
+        if self.champion is None:
+            return True, "no champion yet"
+        if self.unreadable is not None:
+            return True, (
+                f"champion version {self.champion} cannot read this test split: {self.unreadable}"
+            )
+        if not math.isfinite(self.champion_score):
+            return True, f"champion version {self.champion} scores {self.champion_score} here"
+        lower = stats.lower_is_better(self.score_name)
+        sign = -1 if lower else 1
+        crowned = sign * self.score >= sign * self.champion_score
+        if crowned:
+            relation = "at most" if lower else "at least"
+        else:
+            relation = "above" if lower else "below"
+        return crowned, (
+            f"{self.score_name} {self.score!r} is {relation} champion version {self.champion}'s "
+            f"{self.champion_score!r} on this test split"
+        )
+
+    def tags(self) -> dict[str, str]:
+        """What was compared, for the new version's tags (its own score is `score_name`)."""
+        if self.champion is None:
+            champion_score = "none"
+        elif self.unreadable is not None:
+            champion_score = "unreadable"
+        else:
+            champion_score = repr(self.champion_score)
+        return {
+            "champion.version": self.champion or "none",
+            "champion.score": champion_score,
+            "champion.reason": self.verdict()[1],
+        }
 
 
 def register_model(
@@ -22,9 +86,19 @@ def register_model(
     score_name: str,
     score: float,
     tags: dict[str, str],
-) -> tuple[str, bool]:
-    """Register a logged model version; move `champion` to it if its score is at least the
-    current champion's. Returns (version, became_champion).
+    score_champion: Callable[[str], float],
+) -> tuple[str, bool, str]:
+    """Register a logged model version; move `champion` to it if its `score` is at least as
+    good (`stats.lower_is_better`) as the champion's on the same test split. Returns
+    (version, became_champion, why).
+
+    `score_champion(model_uri)` is the champion's score on the new version's test split,
+    computed as `score` was (`score_on_split`); it raises IncompatibleDataError when the
+    champion cannot read that split, and then the new version takes the alias. The version
+    is tagged with its `score_name` and with what it was compared to (`Challenge.tags`).
+
+    Reading, scoring and replacing the champion happen under `champion_lock`: two exports
+    cannot both take the alias from the same champion; the later compares with the earlier.
 
     Moving the alias is the last write: a registration the store breaks off before it is
     withdrawn (as far as the store still answers), so no version is left that should be
@@ -32,22 +106,66 @@ def register_model(
     import mlflow
 
     client = mlflow.MlflowClient()
-    with store(f"reading the champion of {name}"):
-        champion_score = _champion_score(client, name, score_name)
-        is_new = not client.search_registered_models(filter_string=f"name = '{name}'")
-    promote = champion_score is None or score >= champion_score
-    version = None
+    with champion_lock(name):
+        with store(f"reading the champion of {name}"):
+            champion = _champion_version(client, name)
+            is_new = not client.search_registered_models(filter_string=f"name = '{name}'")
+        challenge = _challenge(name, champion, score_name, score, score_champion)
+        crowned, reason = challenge.verdict()
+        version = None
+        try:
+            with store(f"registering {name}"):
+                version = mlflow.register_model(
+                    model_info.model_uri,
+                    name,
+                    tags={**tags, score_name: str(score), **challenge.tags()},
+                ).version
+                client.update_registered_model(name, description=description)
+                if crowned:
+                    client.set_registered_model_alias(name, CHAMPION, version)
+        except TrackingError as err:
+            raise TrackingError(f"{err}; {_withdraw(client, name, version, is_new)}") from None
+    return str(version), crowned, reason
+
+
+def _challenge(
+    name: str,
+    champion: str | None,
+    score_name: str,
+    score: float,
+    score_champion: Callable[[str], float],
+) -> Challenge:
+    if champion is None:
+        return Challenge(score_name, score)
     try:
-        with store(f"registering {name}"):
-            version = mlflow.register_model(
-                model_info.model_uri, name, tags={**tags, score_name: str(score)}
-            ).version
-            client.update_registered_model(name, description=description)
-            if promote:
-                client.set_registered_model_alias(name, CHAMPION, version)
-    except TrackingError as err:
-        raise TrackingError(f"{err}; {_withdraw(client, name, version, is_new)}") from None
-    return str(version), promote
+        champion_score = score_champion(version_uri(name, champion))
+    except IncompatibleDataError as err:
+        return Challenge(score_name, score, champion, unreadable=str(err))
+    return Challenge(score_name, score, champion, champion_score)
+
+
+@contextlib.contextmanager
+def champion_lock(name: str) -> Iterator[None]:
+    """Exclusive hold of the champion of registered model `name` for an export run from
+    this project, on this machine: a lock file in `<project>/.kexue/locks/` (the project as
+    `tracking.project_root` finds it, so `dvc exp run --temp` and queued experiments share
+    it). It cannot order exports from other project folders or machines that share one
+    remote tracking server: MLflow's registry has no compare-and-set for an alias, so
+    there, export one model from one place at a time."""
+    from filelock import FileLock, Timeout
+
+    folder = project_root().joinpath(*LOCKS)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another export of {name} to finish with its champion", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _withdraw(client, name: str, version: str | None, is_new: bool) -> str:
@@ -67,17 +185,54 @@ def _withdraw(client, name: str, version: str | None, is_new: bool) -> str:
     return "nothing was registered"
 
 
-def _champion_score(client, name: str, score_name: str) -> float | None:
+def _champion_version(client, name: str) -> str | None:
     import mlflow
 
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except mlflow.exceptions.MlflowException as err:
         if err.error_code in _NOT_FOUND:
             return None
         raise
-    value = champion.tags.get(score_name)
-    return float(value) if value is not None else None
+
+
+def score_on_split(
+    model_uri: str, module: ModuleType, config: Any, data_dir: Path, **evaluate_kwargs: Any
+) -> float:
+    """`module.SCORE` of a registered version on the test split in `data_dir`: the module's
+    own `evaluate` (as the evaluate stage ran it on the new version) on the version's pyfunc
+    artifacts, its model file (`model`) and vocabulary (`vocab`, if it has one); the
+    baselines and plots that `evaluate` also makes are dropped. Raises IncompatibleDataError
+    when the version cannot read the split."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="kexue-champion-") as tmp:
+        with store(f"downloading {model_uri}"):
+            bundle = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
+        artifacts = _pyfunc_artifacts(bundle)
+        _, scores = module.evaluate(
+            config,
+            data_dir,
+            artifacts.get("vocab"),
+            artifacts["model"].parent,
+            Path(tmp) / "plots",
+            **evaluate_kwargs,
+        )
+    return stats.model_figure(scores, module.SCORE)
+
+
+def _pyfunc_artifacts(bundle: Path) -> dict[str, Path]:
+    """The files a saved pyfunc holds as artifacts, by the names its `pyfunc()` gave them."""
+    from mlflow.models import Model
+
+    listed = Model.load(bundle).flavors["python_function"].get("artifacts", {})
+    return {key: bundle / entry["path"] for key, entry in listed.items()}
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
 
 
 def champion_uri(name: str) -> str:

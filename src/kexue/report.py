@@ -22,8 +22,6 @@ from kexue import io, models, stats
 
 BEGIN, END = "<!-- results -->", "<!-- /results -->"
 COMPARISON = re.compile(r"^(?P<metric>.+)_vs_(?P<baseline>.+)$")
-# Metrics named like these are better lower; every other metric is better higher.
-LOWER_IS_BETTER = ("error", "loss")
 
 
 def _read(path: Path) -> dict:
@@ -120,7 +118,7 @@ def model_rows(root: Path, name: str) -> list[str]:
                     f"{baseline}: {_number(metrics.get(f'{metric}_{baseline}'))}",
                     f"{_signed(metrics[key])} [{_signed(low)}, {_signed(high)}] "
                     f"({_seeds_cell(seeds, key)})",
-                    verdict(low, high, differences, any(w in metric for w in LOWER_IS_BETTER)),
+                    verdict(low, high, differences, stats.lower_is_better(metric)),
                     chosen if metric == headline else "",
                 ]
             )

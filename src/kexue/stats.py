@@ -21,6 +21,13 @@ from kexue import io
 
 # A figure from the item totals (..., k) and the number of items drawn.
 Statistic = Callable[[np.ndarray, int], np.ndarray]
+# Metrics named like these are better lower; every other metric is better higher.
+LOWER_IS_BETTER = ("error", "loss")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller `metric` is the better one (an error, a loss)."""
+    return any(word in metric for word in LOWER_IS_BETTER)
 
 
 def mean(totals: np.ndarray, n_items: int) -> np.ndarray:
@@ -62,6 +69,14 @@ def figure(values: np.ndarray, statistic: Statistic = mean) -> float:
     """The metric over all the items."""
     rows = _as_rows(values)
     return float(statistic(rows.sum(axis=0), len(rows)))
+
+
+def model_figure(scores: list[Scores], metric: str) -> float:
+    """The model's `metric` over all its items: the figure `comparisons` reports as `metric`."""
+    for score in scores:
+        if score.metric == metric:
+            return figure(score.model, score.statistic)
+    raise ValueError(f"no scores of {metric!r}; scored: {[s.metric for s in scores]}")
 
 
 def paired_bootstrap(

@@ -30,7 +30,7 @@ from PIL import Image
 
 from kexue import splits
 from kexue.data.sources import Source, fetch, replace_folder
-from kexue.errors import DataError, ParamsError
+from kexue.errors import DataError, IncompatibleDataError, ParamsError
 
 SPLITS = ("train", "validation", "test")
 SOURCE_SPLITS = ("train", "test")  # the published ones; validation comes out of train
@@ -267,7 +267,8 @@ def oxford_pet_lists(annotations_dir: Path) -> dict[str, Listing]:
 
 def list_split(root: Path, split: str, classes: list[str] | None = None):
     """(paths, labels, classes) of root/split; `classes` (the training split's, sorted folder
-    names) fixes the label ids, and a test class missing from it is an error."""
+    names) fixes the label ids; a class missing from it is one a model trained on them cannot
+    read."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(f"{folder}: not found; expected {root}/{split}/<class>/<image> files")
@@ -275,7 +276,7 @@ def list_split(root: Path, split: str, classes: list[str] | None = None):
     classes = found if classes is None else classes
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{folder}/{unknown[0]}: class not in the training split")
+        raise IncompatibleDataError(f"{folder}/{unknown[0]}: class not in the training split")
     index = {name: i for i, name in enumerate(classes)}
     paths, labels = [], []
     for name in found:

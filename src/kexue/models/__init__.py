@@ -14,12 +14,20 @@
                                              are trained: the baseline_<model> stage)
     evaluate(config, data_dir, vocab_file, model_dir, plots_dir[, baselines_dir])
                                              -> (metrics dict, [stats.Scores]): the only
-                                             reader of the test split; metrics hold
+                                             reader of the test split (the registry runs
+                                             it on the champion, too); metrics hold
                                              `test_overlap` (0) and the per-item scores of
-                                             the model and each baseline
+                                             the model and each baseline; raises
+                                             errors.IncompatibleDataError when the model
+                                             cannot read the split (a class, an input
+                                             shape it was not trained on)
     pyfunc(config, vocab_file, model_dir)    -> kwargs for mlflow.pyfunc.save_model
                                              (a model that reads jieba's words adds a
-                                             `jieba` parameter: the `segment` settings)
+                                             `jieba` parameter: the `segment` settings);
+                                             its artifacts `model` (MODEL_FILE, beside any
+                                             other file `evaluate` reads from model_dir)
+                                             and `vocab` let the registry score a
+                                             champion on a new test split with `evaluate`
 
 See models/crf.py for the first complete example.
 """

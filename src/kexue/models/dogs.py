@@ -35,7 +35,7 @@ from kexue import io, serving, splits, stats, training
 from kexue.data import images
 from kexue.data.augment import AugmentConfig, augmented_batches
 from kexue.data.images import ImageDataConfig
-from kexue.errors import DataError, ParamsError
+from kexue.errors import DataError, IncompatibleDataError, ParamsError
 from kexue.layers.center import CenterLoss
 from kexue.layers.gate import FeatureGate
 
@@ -467,8 +467,15 @@ def evaluate(
     classes = io.read_json(model_dir / CLASSES_FILE)
     paths, labels, _ = images.list_split(data_dir, "test", classes)
     test = plain_batches(paths, labels, config.model.image_size, config.serve.batch_size)
+    model = keras.models.load_model(model_dir / MODEL_FILE, compile=False)
+    trained_size = model.input_shape[1]
+    if trained_size != config.model.image_size:
+        raise IncompatibleDataError(
+            f"{MODEL_FILE} reads {trained_size}-pixel images; "
+            f"params.yaml: dogs.model.image_size is {config.model.image_size}"
+        )
     systems = {
-        "model": keras.models.load_model(model_dir / MODEL_FILE, compile=False),
+        "model": model,
         "scratch": keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False),
     }
     k = min(config.evaluate.top_k, len(classes))

@@ -44,7 +44,7 @@ from keras import ops
 
 from kexue import io, serving, splits, stats, training
 from kexue.data.corpora import matching_files, read_titled_texts
-from kexue.errors import DataError
+from kexue.errors import DataError, IncompatibleDataError
 from kexue.layers.gated_conv import GatedConv1D
 from kexue.layers.gaussian_latent import GaussianSample, KLDivergence, KLWarmup, WeightedOutput
 from kexue.text.vocab import VocabConfig, Vocabulary
@@ -490,6 +490,11 @@ def evaluate(
     argmax and over a temperature sweep; samples and an interpolation as text."""
     line_chars = config.data.line_chars
     sampler = CoupletSampler.load(model_dir / MODEL_FILE, vocab_file, config.serve.batch_size)
+    if sampler.couplet_chars != 2 * line_chars:
+        raise IncompatibleDataError(
+            f"{MODEL_FILE} reads couplets of {sampler.couplet_chars} characters; "
+            f"params.yaml: poet.data.line_chars {line_chars} makes them {2 * line_chars}"
+        )
     train_couplets = read_couplets(data_dir / "train.txt", line_chars)
     validation = read_couplets(data_dir / "validation.txt", line_chars)
     test = read_couplets(data_dir / "test.txt", line_chars)
