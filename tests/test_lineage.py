@@ -57,7 +57,7 @@ def test_the_walk_finds_the_train_run_its_datasets_and_the_commit(
     with tracking.stage_run("crf", "evaluate", {}, "h", crf.DESCRIPTION) as evaluate_run:
         tracking.log_inputs(stages.data_inputs(data, vocab, training=False))
         tracking.tag_output(tracking.METRICS_FILE_TAG, metrics)
-    export_run, version, _ = export_crf(trained_crf, tmp_path / "pyfunc", 0.9, metrics)
+    export_run, version, _ = export_crf(trained_crf, tmp_path / "pyfunc", 0.9, metrics_file=metrics)
 
     found = lineage.walk("kexue-crf")
     assert found.version == version
@@ -102,7 +102,7 @@ def test_the_walk_finds_the_train_run_its_datasets_and_the_commit(
 def test_a_version_whose_runs_left_the_store_says_unknown(trained_crf, mlflow_store, tmp_path):
     metrics = tmp_path / "metrics.json"
     io.write_json(metrics, {"f1": 0.9})
-    export_run, _, _ = export_crf(trained_crf, tmp_path / "pyfunc", 0.9, metrics)
+    export_run, _, _ = export_crf(trained_crf, tmp_path / "pyfunc", 0.9, metrics_file=metrics)
     found = lineage.walk("kexue-crf")
     assert found.run("export").run_id == export_run.info.run_id
     assert found.run("train").run_id == found.run("evaluate").run_id == tracking.UNKNOWN
