@@ -19,3 +19,7 @@ class SourceError(KexueError):
 
 class TrackingError(KexueError):
     """The MLflow tracking store cannot be reached or refused a request."""
+
+
+class ExportError(KexueError):
+    """A model to export lacks a signature or an input example, or fails its own example."""
