@@ -121,3 +121,24 @@ def export_crf(
             info, "kexue-crf", crf.DESCRIPTION, "f1", score, tags, score_champion
         )
     return run, version, crowned
+
+
+def assert_exported_with_example(pyfunc_dir: Path) -> None:
+    """An exported pyfunc has a signature (with every request parameter in its example) and
+    an input example, and its saved serving example scores through the loaded model into
+    columns the signature names, a row per example row."""
+    from mlflow.models import Model
+
+    from kexue import registry
+
+    model = Model.load(str(pyfunc_dir))
+    signature = model.signature
+    assert signature is not None and signature.inputs and signature.outputs
+    assert model.saved_input_example_info["serving_input_path"] == "serving_input_example.json"
+    assert (pyfunc_dir / "serving_input_example.json").is_file()
+    example_params = model.load_input_example_params(str(pyfunc_dir)) or {}
+    declared = signature.params.params if signature.params else []
+    assert set(example_params) == {param.name for param in declared}
+    out = registry.serving_example_predictions(pyfunc_dir)
+    assert len(out) == len(model.load_input_example(str(pyfunc_dir))) > 0
+    assert set(out.columns) <= set(signature.outputs.input_names())

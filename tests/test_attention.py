@@ -7,7 +7,7 @@ import dataclasses
 import mlflow
 import pandas as pd
 import pytest
-from conftest import REPO, tiny_runtime, train_tiny
+from conftest import REPO, assert_exported_with_example, tiny_runtime, train_tiny
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
@@ -145,6 +145,10 @@ def pyfunc_dir(tiny, tmp_path, mlflow_store):
             out, attention.pyfunc(tiny["config"], tiny["vocab"], tiny["model_dir"], jieba)
         )
     return out
+
+
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(pyfunc_dir):
+    assert_exported_with_example(pyfunc_dir)
 
 
 def test_pyfunc_answers_raw_text_of_any_length_and_refuses_non_strings(pyfunc_dir):

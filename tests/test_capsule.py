@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import REPO, tiny_runtime
+from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
@@ -229,6 +229,10 @@ def pyfunc_dir(trained, tmp_path_factory):
                 out, capsule.pyfunc(trained["config"], None, trained["root"] / "model")
             )
     return out
+
+
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(pyfunc_dir):
+    assert_exported_with_example(pyfunc_dir)
 
 
 def png(image: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tiny_runtime
+from conftest import REPO, assert_exported_with_example, tiny_runtime
 from PIL import Image
 from test_images import stanford_dogs
 
@@ -221,6 +221,10 @@ def pyfunc_dir(config, model_dir, tmp_path_factory):
         with tracking.stage_run("dogs", "export", {}, data_hash="h"):
             registry.export_pyfunc(out, dogs.pyfunc(config, None, model_dir))
     return out
+
+
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(pyfunc_dir):
+    assert_exported_with_example(pyfunc_dir)
 
 
 def test_pyfunc_answers_png_and_jpeg_of_odd_sizes_and_base64(pyfunc_dir):

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tiny_runtime
+from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
@@ -251,6 +251,10 @@ def pyfunc_dir(fitted, tmp_path_factory):
         with tracking.stage_run("ode", "export", {}, data_hash="h"):
             registry.export_pyfunc(out, ode.pyfunc(fitted["config"], None, root / "model"))
     return out
+
+
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(pyfunc_dir):
+    assert_exported_with_example(pyfunc_dir)
 
 
 def test_pyfunc_answers_times_and_a_new_start(pyfunc_dir, fitted):

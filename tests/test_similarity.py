@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import REPO, tiny_runtime, train_tiny
+from conftest import REPO, assert_exported_with_example, tiny_runtime, train_tiny
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.data.cilin import SynonymGroup, read_cilin
@@ -276,6 +276,10 @@ def pyfunc_dir(tiny, tmp_path, mlflow_store):
     return out
 
 
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(pyfunc_dir):
+    assert_exported_with_example(pyfunc_dir)
+
+
 def test_pyfunc_text_mode_answers_vectors(pyfunc_dir):
     model = mlflow.pyfunc.load_model(str(pyfunc_dir))
     out = model.predict(pd.DataFrame({"text": ["甲乙", "乙甲", "庚辛"]}))
@@ -340,6 +344,10 @@ def test_served_model_answers_both_modes_over_http(pyfunc_dir, tmp_path):
         )
         assert ranked.status_code == 200, ranked.text
         assert ranked.json()["predictions"][0]["ranked"] == ["乙甲", "庚辛"]
+        example = (pyfunc_dir / "serving_input_example.json").read_bytes()
+        answer = requests.post(url, data=example, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        assert sorted(answer.json()["predictions"][0]["ranked"]) == ["开心", "快乐", "难过"]
         missing = requests.post(url, json={"dataframe_split": {"columns": ["x"], "data": [["甲"]]}})
         assert missing.status_code == 400
         assert "expected a column 'text'" in missing.json()["message"]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import REPO, tiny_runtime
+from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, serving, splits, stats, tracking
 from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
@@ -354,6 +354,10 @@ def title_pyfunc(trained_title, tmp_path, mlflow_store):
             ),
         )
     return out
+
+
+def test_exported_pyfunc_has_a_signature_and_an_example_that_scores(title_pyfunc):
+    assert_exported_with_example(title_pyfunc)
 
 
 def test_pyfunc_answers_raw_text_with_a_beam_width_param(title_pyfunc, generator):

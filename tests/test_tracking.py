@@ -1,5 +1,6 @@
 """MLflow for real: a SQLite store, runs with tags, registry aliases, a pyfunc loaded back."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -10,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import export_crf
+from conftest import assert_exported_with_example, export_crf
 
 from kexue import io, registry, tracking, training
-from kexue.errors import DataError
+from kexue.errors import DataError, ExportError
+from kexue.models import crf
 from kexue.servers import free_port
 
 
@@ -176,3 +178,59 @@ def test_the_experiment_is_described_and_its_description_kept_current(mlflow_sto
         pass
     experiment = mlflow.MlflowClient().get_experiment_by_name("kexue-crf")
     assert experiment.tags["mlflow.note.content"] == "better words"  # the UI's description
+
+
+def test_the_logged_model_keeps_the_signature_and_the_input_example(
+    trained_crf, tmp_path, mlflow_store
+):
+    export_crf(trained_crf, tmp_path / "pyfunc", score=0.9)
+    assert_exported_with_example(tmp_path / "pyfunc")
+    uri = registry.champion_uri("kexue-crf")
+    logged = mlflow.models.get_model_info(uri)
+    saved = mlflow.models.Model.load(str(tmp_path / "pyfunc"))
+    assert logged.signature == saved.signature and logged.signature.inputs.input_names() == ["text"]
+    assert logged.saved_input_example_info == saved.saved_input_example_info
+    assert mlflow.models.Model.load(uri).load_input_example(uri).equals(crf.input_example())
+
+
+def _without_example(kwargs: dict) -> dict:
+    return {key: value for key, value in kwargs.items() if key != "input_example"}
+
+
+def _refused_by_the_schema(kwargs: dict) -> dict:
+    return {**kwargs, "input_example": pd.DataFrame({"words": ["我们"]})}
+
+
+@pytest.mark.parametrize(
+    ("change", "serve", "message"),
+    [
+        (_without_example, {}, r"cannot export the pyfunc to \S+: it has no input_example$"),
+        (
+            _refused_by_the_schema,
+            {},
+            r"example does not match the model signature.*missing inputs \['text'\]",
+        ),
+        (  # the model's own limit refuses its example
+            dict,
+            {"max_request_chars": 5},
+            r"its serving input example does not score: input has 13 characters; the limit "
+            r"per request is 5$",
+        ),
+    ],
+    ids=["no-example", "not-the-signature", "refused-by-the-model"],
+)
+def test_a_model_without_an_example_or_refusing_it_is_not_exported(
+    trained_crf, tmp_path, mlflow_store, change, serve, message
+):
+    config = trained_crf["config"]
+    config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, **serve))
+    kwargs = change(crf.pyfunc(config, trained_crf["vocab"], trained_crf["model_dir"]))
+    previous = tmp_path / "pyfunc"
+    previous.mkdir()
+    (previous / "MLmodel").write_text("the previous export")
+    with pytest.raises(ExportError, match=message), tracking.stage_run("crf", "export", {}, "h"):
+        registry.export_pyfunc(previous, kwargs)
+    assert list(tmp_path.glob("*pyfunc*")) == [previous]  # no staging folder left either
+    assert (previous / "MLmodel").read_text() == "the previous export"
+    experiments = [e.experiment_id for e in mlflow.search_experiments()]
+    assert mlflow.search_logged_models(experiments, output_format="list") == []

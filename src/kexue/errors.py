@@ -24,3 +24,7 @@ class TrackingError(KexueError):
 class IncompatibleDataError(DataError):
     """A trained model cannot read these data: they hold a class, or need an input shape,
     that it was not trained on (the registry then crowns the version that can)."""
+
+
+class ExportError(KexueError):
+    """A model to export lacks a signature or an input example, or fails its own example."""

@@ -18,8 +18,8 @@ from types import ModuleType
 from typing import Any
 
 from kexue import stats
-from kexue.errors import IncompatibleDataError, TrackingError
-from kexue.tracking import project_root, store
+from kexue.errors import ExportError, IncompatibleDataError, TrackingError
+from kexue.tracking import one_line, project_root, store
 
 CHAMPION = "champion"
 # How the store says a registered model (RESOURCE_DOES_NOT_EXIST) or its alias
@@ -260,13 +260,22 @@ def pip_requirements() -> list[str]:
 def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
     """Save a pyfunc model to `out_dir` (atomically) and log the same model to the active run.
 
-    The model carries the project code its module imports and nothing else: the same files
-    its DVC stages list, so the served code is the code that trained and evaluated it."""
+    The model must come with a signature and an input example. Saving checks the example
+    against the signature; then the saved serving example is scored through the saved model,
+    so an example the model refuses fails the export before anything is logged (MLflow scores
+    it again while logging, but only warns when that fails). The model carries the project
+    code its module imports and nothing else: the same files its DVC stages list, so the
+    served code is the code that trained and evaluated it."""
     import shutil
     import tempfile
 
     import mlflow
 
+    missing = [key for key in ("signature", "input_example") if model_kwargs.get(key) is None]
+    if missing:
+        raise ExportError(
+            f"cannot export the pyfunc to {out_dir}: it has no {' and no '.join(missing)}"
+        )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -276,7 +285,7 @@ def export_pyfunc(out_dir: Path, model_kwargs: dict[str, Any]) -> Any:
             "code_paths": [str(_copy_code(model_kwargs["python_model"], staging / "code"))],
             "pip_requirements": pip_requirements(),
         }
-        mlflow.pyfunc.save_model(path=str(staging / "model"), **kwargs)
+        _save_checked(staging / "model", kwargs, out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)
         (staging / "model").rename(out_dir)
         with store("logging the model"):
@@ -298,3 +307,38 @@ def _copy_code(python_model: Any, folder: Path) -> Path:
         (folder / file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(package_parent / file, folder / file)
     return folder / "kexue"
+
+
+def _save_checked(path: Path, kwargs: dict[str, Any], out_dir: Path) -> None:
+    """save_model to `path`, then score its serving example; a refusal is an ExportError."""
+    import mlflow
+
+    failed = f"cannot export the pyfunc to {out_dir}"
+    try:
+        mlflow.pyfunc.save_model(path=str(path), **kwargs)
+    except mlflow.exceptions.MlflowException as err:
+        raise ExportError(f"{failed}: {one_line(err.message)}") from None
+    try:
+        serving_example_predictions(path)
+    except mlflow.exceptions.MlflowException as err:
+        raise ExportError(
+            f"{failed}: its serving input example does not score: {one_line(err.message)}"
+        ) from None
+
+
+def serving_example_predictions(model_dir: Path) -> Any:
+    """What a saved pyfunc answers to its own `serving_input_example.json`, the request read
+    as MLflow's scoring server reads one (the signature's schema parses the JSON)."""
+    import json
+
+    import mlflow
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    serving_input = model.metadata.get_serving_input(str(model_dir))
+    if serving_input is None:
+        raise ValueError(f"{model_dir} has no serving input example")
+    request = json.loads(serving_input)
+    params = request.pop("params", None)
+    data = infer_and_parse_data(request, model.metadata.get_input_schema())
+    return model.predict(data, params=params)

@@ -75,6 +75,14 @@ def image_bytes(value: Any, row: int, column: str = "image") -> bytes:
     )
 
 
+def png_base64(pixels: Any) -> str:
+    """uint8 pixels (height, width, channels) as an HTTP client sends an image: a PNG in
+    base64 text, what `image_bytes` reads back."""
+    import tensorflow as tf
+
+    return base64.b64encode(tf.io.encode_png(pixels).numpy()).decode("ascii")
+
+
 def image_column(model_input: Any, max_images: int, column: str = "image") -> list:
     """The cells of `column` of a DataFrame: at least one, at most `max_images`."""
     if not isinstance(model_input, pd.DataFrame) or column not in model_input.columns:

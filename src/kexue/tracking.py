@@ -104,7 +104,7 @@ def _reason(uri: str, err: Exception) -> str:
     """Why a store call failed, in one line. MLflow's client reports a server error it gave up
     retrying without the server's answer; ask the server once more for what it says."""
     said = _server_error(uri) if uri.startswith(("http://", "https://")) else None
-    return _one_line(said or str(err))
+    return one_line(said or str(err))
 
 
 def _server_error(uri: str) -> str | None:
@@ -124,7 +124,8 @@ def _server_error(uri: str) -> str | None:
         return f"HTTP {answer.status_code}: {answer.text}"
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """A message as one line (MLflow's can run over many: a DataFrame, a schema)."""
     return " ".join(text.split())[:300]
 
 

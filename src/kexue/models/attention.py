@@ -398,6 +398,11 @@ class SentimentPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"positive": self.classifier.positive(words).astype(float)})
 
 
+def input_example() -> pd.DataFrame:
+    """A request as a client sends one, saved beside the exported model: one raw review."""
+    return pd.DataFrame({"text": ["质量很好，物流也快，推荐购买。"]})
+
+
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path, jieba: JiebaSettings) -> dict:
     """Arguments for mlflow.pyfunc.save_model/log_model."""
     from mlflow.models import ModelSignature
@@ -420,4 +425,5 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path, jieba: JiebaSettin
             inputs=Schema([ColSpec(DataType.string, "text")]),
             outputs=Schema([ColSpec(DataType.double, "positive")]),
         ),
+        "input_example": input_example(),
     }

@@ -453,9 +453,21 @@ def to_image(value, row: int, max_side: int) -> np.ndarray:
     return pixels
 
 
+def input_example() -> pd.DataFrame:
+    """A request as an HTTP client sends one, saved beside the exported model: a drawn one
+    (a white stroke on black, as MNIST) at the digits' size, a PNG in base64 text."""
+    pixels = np.zeros((SIDE, SIDE, 1), np.uint8)
+    pixels[SIDE // 5 : -SIDE // 5, SIDE // 2 - 1 : SIDE // 2 + 1] = 255
+    return pd.DataFrame({"image": [serving.png_base64(pixels)]})
+
+
 def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
-    """Arguments for mlflow.pyfunc.save_model/log_model. No input schema: a column may hold
-    bytes, base64 text or arrays, which `to_image` tells apart and checks itself."""
+    """Arguments for mlflow.pyfunc.save_model/log_model. `image` is of any type: a cell may
+    hold bytes, base64 text or a 2-D array, which `to_image` tells apart and checks itself."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array
+
     return {
         "python_model": DigitsPyfunc(),
         "artifacts": {"model": str(model_dir / MODEL_FILE)},
@@ -463,4 +475,15 @@ def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
             "max_images": config.serve.max_images,
             "max_side": config.serve.max_side,
         },
+        "signature": ModelSignature(
+            inputs=Schema([ColSpec(AnyType(), "image")]),
+            outputs=Schema(
+                [
+                    ColSpec(DataType.long, "digit"),
+                    ColSpec(Array(DataType.long), "top2"),
+                    ColSpec(Array(DataType.double), "scores"),
+                ]
+            ),
+        ),
+        "input_example": input_example(),
     }

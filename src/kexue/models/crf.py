@@ -353,6 +353,11 @@ class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"words": self.segmenter.segment(texts)})
 
 
+def input_example() -> pd.DataFrame:
+    """A request as a client sends one, saved beside the exported model: one raw sentence."""
+    return pd.DataFrame({"text": ["我们喜欢在北京的公园散步。"]})
+
+
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
     """Arguments for mlflow.pyfunc.save_model/log_model."""
     from mlflow.models import ModelSignature
@@ -370,4 +375,5 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
             inputs=Schema([ColSpec(DataType.string, "text")]),
             outputs=Schema([ColSpec(Array(DataType.string), "words")]),
         ),
+        "input_example": input_example(),
     }

@@ -565,17 +565,36 @@ class ImagePyfunc(mlflow.pyfunc.PythonModel):
             ) from None
 
 
+def input_example(config: Config) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A request as an HTTP client sends one, saved beside the exported model: a blank grey
+    image at the model's input size, a PNG in base64 text, with the served `top_k`."""
+    size = config.model.image_size
+    pixels = np.full((size, size, 3), 128, np.uint8)
+    return pd.DataFrame({"image": [serving.png_base64(pixels)]}), {"top_k": config.serve.top_k}
+
+
 def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
-    """Arguments for mlflow.pyfunc.save_model/log_model. No input schema: a cell holds bytes
-    or base64 text, which the model tells apart and checks itself; the schema declares the
-    `top_k` request parameter (MLflow drops undeclared ones)."""
+    """Arguments for mlflow.pyfunc.save_model/log_model. `image` is of any type: a cell holds
+    bytes or base64 text, which the model tells apart and checks itself (a binary column
+    would have MLflow decode the base64 with its own errors); the schema declares the `top_k`
+    request parameter (MLflow drops undeclared ones)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType, Array
 
     return {
         "signature": ModelSignature(
-            inputs=None, params=ParamSchema([ParamSpec("top_k", "long", config.serve.top_k)])
+            inputs=Schema([ColSpec(AnyType(), "image")]),
+            outputs=Schema(
+                [
+                    ColSpec(DataType.string, "label"),
+                    ColSpec(Array(DataType.string), "classes"),
+                    ColSpec(Array(DataType.double), "probabilities"),
+                ]
+            ),
+            params=ParamSchema([ParamSpec("top_k", DataType.long, config.serve.top_k)]),
         ),
+        "input_example": input_example(config),
         "python_model": ImagePyfunc(),
         "artifacts": {
             "model": str(model_dir / MODEL_FILE),

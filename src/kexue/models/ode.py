@@ -587,6 +587,16 @@ def population(params: dict | None, name: str, default: float) -> float:
     return float(value)
 
 
+def input_example(
+    config: Config, t0: float, start: list[float]
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """A request as a client sends one, saved beside the exported model: the populations at
+    the first observed time and some later ones (within `serve.max_time`), from the
+    observed start."""
+    times = [min(t0 + offset, config.serve.max_time) for offset in (0.0, 10.0, 20.0)]
+    return pd.DataFrame({"t": times}), {"x1": start[0], "x2": start[1]}
+
+
 def pyfunc(config: Config, vocab_file: Path | None, model_dir: Path) -> dict:
     """Arguments for mlflow.pyfunc.save_model/log_model."""
     from mlflow.models import ModelSignature
@@ -614,4 +624,5 @@ def pyfunc(config: Config, vocab_file: Path | None, model_dir: Path) -> dict:
                 ]
             ),
         ),
+        "input_example": input_example(config, t0, start),
     }

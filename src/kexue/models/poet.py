@@ -60,7 +60,6 @@ DESCRIPTION = (
 PAD_ID, UNK_ID = 0, 1
 NEVER_DRAWN = [PAD_ID, UNK_ID]
 SEED_LIMIT = 2**32  # numpy seeds are 0 .. 2**32 - 1
-REQUEST_COLUMNS = ("count", "temperature", "seed")
 # Han characters: the unified ideographs, extension A, compatibility ideographs, extensions B+.
 HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
 SENTENCE_END = re.compile(r"[。！？；!?;]")
@@ -553,26 +552,11 @@ class PoemRequest:
     seed: int | None
 
 
-def poem_requests(model_input, settings: dict) -> list[PoemRequest]:
+def poem_requests(model_input: pd.DataFrame, settings: dict) -> list[PoemRequest]:
     """Rows of `count` (1..max_poems), optional `temperature` (0 < T <= max_temperature;
-    default the model's) and `seed` (0 .. 2**32 - 1; none: a fresh draw each call). A
-    DataFrame, a list of such records, one record as a dict, or a bare count."""
-    if isinstance(model_input, dict):
-        model_input = [model_input]
-    if isinstance(model_input, Integral) and not isinstance(model_input, bool):
-        model_input = [{"count": model_input}]
-    if isinstance(model_input, list) and all(isinstance(r, dict) for r in model_input):
-        model_input = pd.DataFrame(model_input)
-    if not isinstance(model_input, pd.DataFrame):
-        raise serving.bad_request(
-            f"expected rows with a column 'count', got {type(model_input).__name__}"
-        )
-    unknown = [c for c in model_input.columns if c not in REQUEST_COLUMNS]
-    if unknown or "count" not in model_input.columns:
-        raise serving.bad_request(
-            f"expected the columns 'count' and optionally 'temperature', 'seed'; "
-            f"got {list(model_input.columns)}"
-        )
+    default the model's) and `seed` (0 .. 2**32 - 1; none: a fresh draw each call). MLflow's
+    schema has made the request a DataFrame with a column `count` and no column it does not
+    name (a record or a list of them is turned into one)."""
     if model_input.empty:
         raise serving.bad_request("input has no rows; send at least one 'count'")
     requests = []
@@ -640,9 +624,22 @@ class PoetPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"poems": poems})
 
 
+def input_example(config: Config) -> pd.DataFrame:
+    """A request as a client sends one, saved beside the exported model: two seeded couplets
+    at the served temperature."""
+    return pd.DataFrame({"count": [2], "temperature": [config.serve.temperature], "seed": [7]})
+
+
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
-    """Arguments for mlflow.pyfunc.save_model/log_model. No input schema: `poem_requests`
-    checks the rows itself and says which row and column are wrong."""
+    """Arguments for mlflow.pyfunc.save_model/log_model. The schema names the columns; their
+    values are of any type, as `poem_requests` checks them itself and says which row and
+    column are wrong (a typed `seed` would refuse the floats pandas makes of a column with
+    gaps). MLflow refuses a request without `count` and drops columns the schema does not
+    name."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array
+
     return {
         "python_model": PoetPyfunc(),
         "artifacts": {"model": str(model_dir / MODEL_FILE), "vocab": str(vocab_file)},
@@ -652,4 +649,15 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
             "max_poems": config.serve.max_poems,
             "batch_size": config.serve.batch_size,
         },
+        "signature": ModelSignature(
+            inputs=Schema(
+                [
+                    ColSpec(AnyType(), "count"),
+                    ColSpec(AnyType(), "temperature", required=False),
+                    ColSpec(AnyType(), "seed", required=False),
+                ]
+            ),
+            outputs=Schema([ColSpec(Array(DataType.string), "poems")]),
+        ),
+        "input_example": input_example(config),
     }

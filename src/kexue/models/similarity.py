@@ -614,6 +614,15 @@ def candidate_lists(column: pd.Series, max_chars: int) -> list[list[str]]:
     return lists
 
 
+def input_example(config: Config) -> tuple[pd.DataFrame, dict]:
+    """A request as a client sends one, saved beside the exported model: a word ranking its
+    candidate synonyms (not the known phrases, which would all be encoded), with `top_k`."""
+    return (
+        pd.DataFrame({"query": ["高兴"], "candidates": [["快乐", "难过", "开心"]]}),
+        {"top_k": config.serve.top_k},
+    )
+
+
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
     """Arguments for mlflow.pyfunc.save_model/log_model."""
     from mlflow.models import ModelSignature
@@ -653,4 +662,5 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
             ),
             params=ParamSchema([ParamSpec("top_k", DataType.long, config.serve.top_k)]),
         ),
+        "input_example": input_example(config),
     }

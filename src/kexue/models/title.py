@@ -543,6 +543,15 @@ class TitlePyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"title": titles})
 
 
+def input_example(config: Config) -> tuple[pd.DataFrame, dict]:
+    """A request as a client sends one, saved beside the exported model: a poem to title
+    (traditional characters, as the corpus), with the served beam width."""
+    return (
+        pd.DataFrame({"text": ["床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"]}),
+        {"beam_width": config.decode.beam_width},
+    )
+
+
 def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
     """Arguments for mlflow.pyfunc.save_model/log_model."""
     from mlflow.models import ModelSignature
@@ -564,4 +573,5 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
             outputs=Schema([ColSpec(DataType.string, "title")]),
             params=ParamSchema([ParamSpec("beam_width", DataType.long, config.decode.beam_width)]),
         ),
+        "input_example": input_example(config),
     }
