@@ -64,12 +64,16 @@ def trained_crf(tmp_path_factory):
     return train_tiny(crf, tiny_crf_config(), corpus, root)
 
 
-def train_tiny(module, config, corpus: Path | list[Path], root: Path) -> dict:
-    """prepare -> vocab -> train one model (a kexue.models module) on a tiny corpus (or
-    corpora), all under `root`: the paths, the config, prepare's counts and train's summary."""
-    paths = {"data": root / "data", "vocab": root / "vocab.json", "model_dir": root / "model"}
-    counts = module.prepare(config, corpus if isinstance(corpus, list) else [corpus], paths["data"])
-    module.build_vocab(config, paths["data"]).save(paths["vocab"])
+def train_tiny(module, config, corpus: Path | list[Path], root: Path, prepare=None) -> dict:
+    """prepare -> vocab (a model with one) -> train one model (a kexue.models module) on a
+    tiny corpus (or corpora), all under `root`: the paths, the config, prepare's counts and
+    train's summary. `prepare(config, corpora, out_dir)` stands in for a module without one."""
+    vocab = root / "vocab.json" if hasattr(module, "build_vocab") else None
+    paths = {"data": root / "data", "vocab": vocab, "model_dir": root / "model"}
+    corpora = corpus if isinstance(corpus, list) else [corpus]
+    counts = (prepare or module.prepare)(config, corpora, paths["data"])
+    if vocab is not None:
+        module.build_vocab(config, paths["data"]).save(vocab)
     summary = module.train(
         config,
         tiny_runtime(root),

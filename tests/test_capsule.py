@@ -32,17 +32,22 @@ def glyphs(labels: np.ndarray, rng) -> np.ndarray:
     return images.reshape(len(labels), 784)
 
 
+def write_mnist(path, sizes: tuple[int, int, int], seed: int):
+    """A stand-in mnist.pkl.gz of glyphs: (train, valid, test) of these sizes."""
+    rng = np.random.default_rng(seed)
+    splits = []
+    for size in sizes:
+        labels = rng.integers(0, 10, size)
+        splits.append((glyphs(labels, rng), labels))
+    with gzip.open(path, "wb") as file:
+        pickle.dump(tuple(splits), file)
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("capsule")
-    rng = np.random.default_rng(0)
-    splits = []
-    for size in (300, 100, 200):  # train, valid, test
-        labels = rng.integers(0, 10, size)
-        splits.append((glyphs(labels, rng), labels))
-    source = root / "mnist.pkl.gz"
-    with gzip.open(source, "wb") as file:
-        pickle.dump(tuple(splits), file)
+    source = write_mnist(root / "mnist.pkl.gz", (300, 100, 200), seed=0)
     config = params.parse(
         capsule.Config, params.block(params.load(REPO / "params.yaml"), "capsule"), "capsule"
     )

@@ -1,8 +1,8 @@
 """Image classifier (dogs): center loss and gate by hand, backbone weights from a model file,
 a tiny phased fine-tuning and its baseline (the baseline stage's function) with early
 stopping on validation, evaluation's per-image scores and test overlap, the saved model,
-the pyfunc on PNG/JPEG/base64 of odd sizes and on corrupt images, the CLI, and the full
-profile's code path (Xception on the Stanford Dogs layout)."""
+the pyfunc on PNG/JPEG/base64 of odd sizes and on corrupt images, the CLI. The full
+profile's code path (Xception on the Stanford Dogs layout) is tests/test_full_profile.py."""
 
 import base64
 import dataclasses
@@ -16,11 +16,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, assert_exported_with_example, tiny_runtime
 from PIL import Image
-from test_images import stanford_dogs
 
 from kexue import cli, params, registry, stats, tracking, training
 from kexue.data import images
-from kexue.data.sources import Source
 from kexue.errors import DataError, IncompatibleDataError, ParamsError
 from kexue.layers.center import CenterLoss
 from kexue.layers.gate import FeatureGate
@@ -277,44 +275,3 @@ def test_cli_classify_prints_the_top_classes(pyfunc_dir, tmp_path, capsys):
     assert top.startswith(f"{label}:") and top.count(":") == 2
     assert cli.main(["classify", "--model", str(pyfunc_dir), str(tmp_path / "none.png")]) == 1
     assert "none.png: cannot read the image" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_full_profile_code_path_xception_on_the_stanford_dogs_layout(tmp_path):
-    """The `full` settings (Stanford Dogs, Xception, phases) on a fixture: only the weights
-    (ImageNet, a download) and the size (299 px) are replaced."""
-    loaded = params.load(REPO / "params.yaml")
-    loaded["profile"] = "full"
-    full = params.parse(dogs.Config, params.block(loaded, "dogs"), "dogs")
-    assert (full.model.backbone, full.data.dataset) == ("xception", "stanford_dogs")
-    images_tar, lists_tar, _ = stanford_dogs(per_breed=3, test_per_breed=1)
-    sources = {}
-    for key, data in (("stanford_dogs_images", images_tar), ("stanford_dogs_lists", lists_tar)):
-        (tmp_path / f"{key}.tar").write_bytes(data)
-        sources[key] = Source.from_params(
-            key,
-            {
-                "uri": f"file:{tmp_path / f'{key}.tar'}",
-                "archive": f"{key}.tar",
-                "sha256": __import__("hashlib").sha256(data).hexdigest(),
-            },
-        )
-    images.build_dataset(full.data, tmp_path / "dogs", tmp_path / "cache", sources)
-    one_epoch = dataclasses.replace(full.train.head, epochs=1)
-    config = dataclasses.replace(
-        full,
-        model=dataclasses.replace(full.model, weights=None, image_size=71),  # Xception's least
-        train=dataclasses.replace(
-            full.train,
-            batch_size=4,
-            head=one_epoch,
-            top=dataclasses.replace(full.train.top, epochs=1),
-            all=dataclasses.replace(full.train.all, epochs=1),
-        ),
-    )
-    summary = dogs.train(
-        config, tiny_runtime(tmp_path), tmp_path / "dogs", None, tmp_path / "m", tmp_path / "c.csv"
-    )
-    # Three photos a breed: the profile's 10 held out a breed leave one to train on.
-    assert summary == {**summary, "train_images": 3, "validation_images": 6, "classes": 3}
-    assert len(pd.read_csv(tmp_path / "c.csv")) == 3
