@@ -192,7 +192,8 @@ def poet_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int
 
 def capsule_batches(config, data_dir: Path, vocab_file, batch: int, seed: int) -> Batches:
     x, y = capsule.load_npz(data_dir / "train.npz")
-    digits, one_hot = capsule.as_input(x), np.eye(capsule.CLASSES, dtype=np.float32)[y]
+    classes = len(capsule.class_names(data_dir))
+    digits, one_hot = capsule.as_input(x), np.eye(classes, dtype=np.float32)[y]
     shift = config.train.max_shift
     rng = np.random.default_rng(seed)
 

@@ -1,7 +1,9 @@
 """DVC stage fetch_images: a class-per-folder image dataset
-(OUT/{train,validation,test}/<class>/<image>; validation out of the training images) from
-`dogs.data`: MNIST digits written out as PNG files (the offline stand-in), or Stanford
-Dogs / Oxford-IIIT Pet fetched from `sources` (verified, resumable, safely extracted)."""
+(OUT/{train,validation,test}/<class>/<image>, OUT/counts.json; validation out of the
+training images) from `dogs.data`: MNIST digits written out as PNG files (the offline
+stand-in), Stanford Dogs / Oxford-IIIT Pet fetched from `sources` (verified, resumable,
+safely extracted), or one's own folder of images (`dogs.data.folder`; unreadable files are
+named on stderr and counted as skipped)."""
 
 import argparse
 import json

@@ -1,12 +1,16 @@
 """Capsule model: MNIST reading, the validation split and the two-digit sets, no test digit
 seen in training, the pair metric by hand, a tiny training run of both models (the baseline
 stage's function) and the evaluation's per-item scores, the pyfunc on PNG bytes, base64 and
-arrays, bad images, the CLI."""
+arrays, bad images, the CLI; one's own folder of images in either layout instead of MNIST
+(grey 28 x 28, unreadable files skipped and counted, its class names through to the
+evaluation)."""
 
 import base64
 import dataclasses
 import gzip
+import json
 import pickle
+import shutil
 
 import mlflow
 import numpy as np
@@ -14,6 +18,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from conftest import REPO, assert_exported_with_example, tiny_runtime
+from test_images import CLASSES, folder_config, one_level_tree, split_tree
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.errors import DataError
@@ -71,8 +76,10 @@ def test_prepare_keeps_the_official_test_and_takes_validation_out_of_training(ti
         "pairs": 50,
         "validation_overlap_dropped": 0,
         "test_overlap_dropped": 0,
+        "skipped": 0,
     }
     data = tiny["root"] / "data"
+    assert capsule.class_names(data) == [str(d) for d in range(10)]
     x, y = capsule.load_npz(data / "train.npz")
     assert x.shape == (360, 28, 28) and x.dtype == np.uint8
     for name in ("pairs", "validation_pairs"):
@@ -200,7 +207,12 @@ def test_tiny_models_learn_the_stand_in_digits(trained):
     metrics, scores = capsule.evaluate(
         trained["config"], root / "data", None, root / "model", root / "plots", root / "baselines"
     )
-    assert metrics == {"test_digits": 200, "test_pairs": 50, "test_overlap": 0}
+    assert metrics == {
+        "test_digits": 200,
+        "test_pairs": 50,
+        "test_overlap": 0,
+        "skipped_images": 0,
+    }
     by_metric = {score.metric: score for score in scores}
     assert list(by_metric) == ["acc", "pair_acc", "pair_sure_acc", "pair_side_acc"]
     assert capsule.SCORE in by_metric
@@ -251,8 +263,10 @@ def test_pyfunc_reads_png_bytes_base64_and_arrays_alike(pyfunc_dir, trained):
     pair = np.concatenate([x[0], x[1]], axis=1) / 255
     inputs = [png(image), base64.b64encode(png(image)).decode(), image.tolist(), png(pair)]
     out = model.predict(pd.DataFrame({"image": inputs}))
-    assert list(out.columns) == ["digit", "top2", "scores"]
+    assert list(out.columns) == ["digit", "top2", "scores", "label", "top2_labels"]
     assert out["digit"][0] == out["digit"][1] == out["digit"][2]
+    assert out["label"][0] == str(out["digit"][0])  # MNIST's class names are its digits
+    assert out["top2_labels"][3] == [str(d) for d in out["top2"][3]]
     np.testing.assert_allclose(out["scores"][0], out["scores"][2], atol=0.02)  # PNG rounds
     assert len(out["scores"][0]) == 10 and out["top2"][0][0] == out["digit"][0]
     assert len(out["top2"][3]) == 2
@@ -293,3 +307,66 @@ def test_cli_digits_reads_image_files(pyfunc_dir, trained, tmp_path, capsys):
     assert path.endswith("one.png") and digit in "0123456789" and top2.startswith(f"{digit},")
     assert cli.main(["digits", "--model", str(pyfunc_dir), str(tmp_path / "none.png")]) == 1
     assert "none.png: cannot read the image" in capsys.readouterr().err
+
+
+def folder_capsule_config(tiny, root):
+    """The tiny config reading the folder at `root` (the same split as test_images')."""
+    split = folder_config(root).folder_split
+    data = dataclasses.replace(
+        tiny["config"].data, source="folder", folder=str(root), folder_split=split, pairs=20
+    )
+    return dataclasses.replace(tiny["config"], data=data)
+
+
+@pytest.mark.parametrize(
+    ("tree", "counts"),
+    [
+        (one_level_tree, {"train": 12, "validation": 3, "test": 6}),
+        (split_tree, {"train": 15, "validation": 3, "test": 6}),
+    ],
+)
+def test_prepare_reads_a_folder_of_mixed_images_as_grey_28_by_28(tiny, tmp_path, tree, counts):
+    unreadable = tree(tmp_path / "mine")
+    config = folder_capsule_config(tiny, tmp_path / "mine")
+    data = tmp_path / "data"
+    found = capsule.prepare(config, [], data)
+    dropped = {"validation_overlap_dropped": 0, "test_overlap_dropped": 0}
+    assert found == {**counts, "pairs": 20, **dropped, "skipped": len(unreadable)}
+    assert capsule.class_names(data) == CLASSES
+    assert json.loads((data / "counts.json").read_text()) == found
+    for side, count in counts.items():
+        x, y = capsule.load_npz(data / f"{side}.npz")
+        assert x.shape == (count, 28, 28) and x.dtype == np.uint8
+        assert np.bincount(y).tolist() == [count // 3] * 3
+    pair_x, pair_y = capsule.load_npz(data / "pairs.npz")
+    test_x, test_y = capsule.load_npz(data / "test.npz")
+    assert pair_x.shape == (20, 2, 28, 28) and (pair_y[:, 0] != pair_y[:, 1]).all()
+    for image, label in zip(pair_x[:, 0], pair_y[:, 0], strict=True):  # held-out images
+        assert label in test_y[(test_x == image).all(axis=(1, 2))]
+
+
+def test_a_folder_with_too_few_images_is_one_clear_line(tiny, tmp_path):
+    one_level_tree(tmp_path / "mine")
+    for extra in sorted((tmp_path / "mine" / "cat").iterdir())[3:]:
+        extra.unlink()
+    with pytest.raises(DataError, match=r"/mine/cat: 3 readable images; expected at least 5"):
+        capsule.prepare(folder_capsule_config(tiny, tmp_path / "mine"), [], tmp_path / "data")
+
+
+def test_a_folder_trained_model_scores_its_own_classes(tiny, tmp_path):
+    one_level_tree(tmp_path / "mine")
+    config = folder_capsule_config(tiny, tmp_path / "mine")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    data = tmp_path / "data"
+    capsule.prepare(config, [], data)
+    model = tmp_path / "model"
+    capsule.train(config, tiny_runtime(tmp_path), data, None, model, tmp_path / "c.csv")
+    assert capsule.class_names(model) == CLASSES
+    (tmp_path / "baselines").mkdir()  # the capsule net stands in for the CNN: same shapes
+    shutil.copy(model / capsule.MODEL_FILE, tmp_path / "baselines" / capsule.BASELINE_FILE)
+    metrics, _ = capsule.evaluate(
+        config, data, None, tmp_path / "model", tmp_path / "plots", tmp_path / "baselines"
+    )
+    assert metrics == {"test_digits": 6, "test_pairs": 20, "test_overlap": 0, "skipped_images": 2}
+    confusion = pd.read_json(tmp_path / "plots" / "confusion.json")
+    assert set(confusion["actual"]) == set(CLASSES) and set(confusion["predicted"]) <= set(CLASSES)

@@ -126,6 +126,8 @@ def colours(tmp_path_factory):
             for i in range(count):
                 pixels = colour_image(rng, colour, 20 + i, 30 - i)
                 (folder / f"{i}.png").write_bytes(encoded(pixels, "PNG"))
+    # What fetch_images writes beside the splits; as if it had skipped 2 unreadable files.
+    (root / "data" / images.COUNTS_FILE).write_text(json.dumps({"skipped": 2}))
     return root
 
 
@@ -170,7 +172,7 @@ def test_phases_and_baseline_run_and_report(config, colours):
     metrics, scores = dogs.evaluate(
         config, root / "data", None, root / "model", root / "plots", root / "baselines"
     )
-    assert metrics == {"test_images": 12, "classes": 3, "test_overlap": 0}
+    assert metrics == {"test_images": 12, "classes": 3, "test_overlap": 0, "skipped_images": 2}
     by_metric = {score.metric: score for score in scores}
     assert list(by_metric) == [dogs.SCORE, "top5"]
     assert by_metric["top5"].model.tolist() == [1.0] * 12  # 3 classes: the top 5 hold all
@@ -193,6 +195,7 @@ def test_test_overlap_counts_byte_identical_test_images(config, colours, model_d
     shutil.copy(model_dir / dogs.MODEL_FILE, baselines / dogs.BASELINE_FILE)
     metrics, _ = dogs.evaluate(config, data, None, model_dir, tmp_path / "plots", baselines)
     assert metrics["test_overlap"] == 1
+    assert metrics["skipped_images"] == 2  # fetch_images' count, carried to the metrics
 
 
 def test_a_model_of_another_image_size_cannot_read_the_split(config, colours, model_dir, tmp_path):

@@ -64,3 +64,15 @@ def test_best_epoch_is_numbered_as_trained_even_after_a_resume():
         "best_loss": 0.8,
         "best_val_loss": 0.4,
     }
+
+
+@pytest.mark.parametrize(
+    ("validation", "test", "fewest"), [(0.1, 0.2, 3), (0.2, 0.0, 2), (0.45, 0.45, 9), (0.3, 0.6, 7)]
+)
+def test_split_groups_accepts_any_number_from_fewest_groups_on(validation, test, fewest):
+    config = splits.SplitConfig(validation, test, split_seed=1)
+    assert splits.fewest_groups(config) == fewest
+    for groups in range(fewest, fewest + 50):
+        splits.split_groups(range(groups), int, config, "x")
+    with pytest.raises(DataError, match="expected more data"):
+        splits.split_groups(range(fewest - 1), int, config, "x")

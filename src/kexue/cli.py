@@ -162,8 +162,8 @@ def digits(args: argparse.Namespace) -> None:
     paths, found = _predict_images(args, "capsule", {})
     if not paths:
         return
-    for path, digit, top2 in zip(paths, found["digit"], found["top2"], strict=True):
-        print(f"{path}\t{digit}\t{top2[0]},{top2[1]}")
+    for path, label, top2 in zip(paths, found["label"], found["top2_labels"], strict=True):
+        print(f"{path}\t{label}\t{top2[0]},{top2[1]}")
 
 
 def poem(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ Pure Python: prepare stages import it without TensorFlow.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,22 @@ def split_groups(
 
 def _held_out(n_groups: int, fraction: float) -> int:
     return 0 if fraction <= 0 else max(1, round(n_groups * fraction))
+
+
+def fewest_groups(config: SplitConfig) -> int:
+    """The fewest groups from which on `split_groups` splits any number of groups by
+    `config` (each held-out side its share, one group or more left for training)."""
+    held_out = config.validation_fraction + config.test_fraction
+    if held_out >= 1:
+        raise ValueError("the held-out fractions must add up to less than 1")
+    # Each side holds at most n * fraction + 1 groups: beyond this, training keeps one.
+    always = math.ceil(2 / (1 - held_out)) + 1
+    failing = [
+        n
+        for n in range(1, always)
+        if _held_out(n, config.test_fraction) + _held_out(n, config.validation_fraction) >= n
+    ]
+    return max(failing, default=0) + 1
 
 
 def drop_overlap(

@@ -1,10 +1,13 @@
 """Capsule network on MNIST with the two-digit test, after "揭开迷雾，来一顿美味的Capsule盛宴".
 
+MNIST by default; or one's own class-per-folder images (`data.source: folder`), read the way
+dogs reads them (data/images.py), grey and scaled to 28 x 28, one class capsule a class.
+
 The post's model: a small CNN front end -> its feature map read as a set of capsules ->
-`Capsule` (10 classes, dynamic routing) -> each class capsule's length, trained with the margin
-loss. Its baseline (the `baseline_capsule` stage): the same front end -> global average
-pooling -> dense -> 10 sigmoids, trained with the same loss, rate, schedule and most epochs,
-stopped early on the same validation digits.
+`Capsule` (one capsule a class, dynamic routing) -> each class capsule's length, trained with
+the margin loss. Its baseline (the `baseline_capsule` stage): the same front end -> global
+average pooling -> dense -> a sigmoid a class, trained with the same loss, rate, schedule and
+most epochs, stopped early on the same validation digits.
 
 The post's test: train on single digits, then show two different digits in one image (the
 post stacks them, 56 x 28; side by side, 28 x 56, is reported too) and ask for the two
@@ -18,38 +21,46 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from PIL import Image
 
 from kexue import io, serving, splits, stats, training
+from kexue.data.images import COUNTS_FILE, FolderSplitConfig, read_image_folder, resize
 from kexue.data.mnist import SIDE, read_mnist
 from kexue.errors import DataError
 from kexue.layers.capsule import Capsule, CapsuleLength, MarginLoss
 
 MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"  # the class names in label order, prepared and with the model
 BASELINE_FILE = "cnn.keras"  # in the baselines folder
 SCORE = "acc"
 DESCRIPTION = (
-    "Capsule network (kexue.fm, Capsule盛宴) on MNIST. Input: a column `image` of PNG/JPEG "
-    "bytes or base64 text, or 2-D arrays (white digit on black, 0..1); the shorter side is "
-    "scaled to 28 pixels, the longer may hold several digits. Output: `digit` (best class), "
-    "`top2` (two best, for two digits in one image), `scores` (each class capsule's length)."
+    "Capsule network (kexue.fm, Capsule盛宴) on MNIST or one's own class folders. Input: a "
+    "column `image` of PNG/JPEG bytes or base64 text, or 2-D arrays (grey, 0..1; white digit "
+    "on black for MNIST); the shorter side is scaled to 28 pixels, the longer may hold several "
+    "objects. Output: `digit` (the best class's number), `top2` (two best, for two objects in "
+    "one image), `scores` (each class capsule's length), `label` and `top2_labels` (their "
+    "class names: the digits, or the folder names)."
 )
-CLASSES = 10
 SURE = 0.5  # a length above this says "present"; the post's second two-digit accuracy
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    validation_fraction: float  # of the 60k training digits (the official 10k are the test)
-    split_seed: int
-    train_size: int | None  # training digits used (seeded sample of the rest); None: all
-    test_size: int | None  # of the 10k test digits; None: all
-    pairs: int  # two-digit images, each from two digits of different classes of one split
+    source: Literal["mnist", "folder"]
+    folder: str  # source folder: a class-per-folder tree (images.FOLDER_LAYOUT)
+    folder_split: FolderSplitConfig  # source folder: its validation and test parts
+    validation_fraction: float  # mnist: of the 60k training digits (the 10k are the test)
+    split_seed: int  # also the folder's split
+    train_size: int | None  # training images used (seeded sample of the rest); None: all
+    test_size: int | None  # of the test images (MNIST's 10k); None: all
+    pairs: int  # two-digit images, each from two images of different classes of one split
     seed: int
 
 
@@ -98,26 +109,23 @@ class Config:
 
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
-    """mnist.pkl.gz -> train.npz, validation.npz, test.npz (uint8 images, labels) and
-    validation_pairs.npz, pairs.npz (two digits of that split each, uint8 (n, 2, 28, 28), and
-    their labels). Validation comes out of the 60k training digits; a validation or test
-    digit byte for byte equal to one on an earlier side is dropped."""
-    if len(corpora) != 1:
-        raise DataError(f"capsule reads one mnist.pkl.gz, got {len(corpora)} files")
-    (train_x, train_y), (test_x, test_y) = read_mnist(corpora[0])
-    sides = splits.split_groups(
-        range(len(train_y)),
-        int,
-        splits.SplitConfig(config.data.validation_fraction, 0.0, config.data.split_seed),
-        "capsule: MNIST",
-    )
-    rng = np.random.default_rng(config.data.seed)
+    """MNIST (mnist.pkl.gz, the one corpus) or the folder of `data.folder` -> train.npz,
+    validation.npz, test.npz (uint8 images, labels), validation_pairs.npz, pairs.npz (two
+    images of different classes of that split each, uint8 (n, 2, 28, 28), and their labels),
+    classes.json and counts.json (also the files skipped as unreadable). MNIST's validation
+    comes out of the 60k training digits, its test is the official 10k; a folder is split by
+    `data.folder_split`. A validation or test image byte for byte equal to one on an earlier
+    side is dropped."""
+    data = config.data
+    if data.source == "mnist":
+        classes, held_out, skipped = [str(d) for d in range(10)], mnist_splits(data, corpora), 0
+    else:
+        classes, held_out, skipped = folder_splits(data)
+    rng = np.random.default_rng(data.seed)
     arrays = {
-        "train": sample(
-            rng, train_x[sides["train"]], train_y[sides["train"]], config.data.train_size
-        ),
-        "validation": (train_x[sides["validation"]], train_y[sides["validation"]]),
-        "test": sample(rng, test_x, test_y, config.data.test_size),
+        "train": sample(rng, *held_out["train"], data.train_size),
+        "validation": held_out["validation"],
+        "test": sample(rng, *held_out["test"], data.test_size),
     }
     indexed = {side: [(side, i) for i in range(len(y))] for side, (_, y) in arrays.items()}
     kept, dropped = splits.drop_overlap(indexed, lambda item: arrays[item[0]][0][item[1]].tobytes())
@@ -128,10 +136,64 @@ def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int
         save_npz(out_dir / f"{side}.npz", x=x[keep], y=y[keep])
         counts[side] = len(keep)
         if side != "train":
-            pair_x, pair_y = digit_pairs(rng, x[keep], y[keep], config.data.pairs)
+            if len(np.unique(y[keep])) < 2:
+                raise DataError(
+                    f"capsule: the {side} split holds one class once images equal to earlier "
+                    "ones are dropped; expected two or more for the two-image pairs"
+                )
+            pair_x, pair_y = digit_pairs(rng, x[keep], y[keep], data.pairs)
             name = "pairs" if side == "test" else f"{side}_pairs"
             save_npz(out_dir / f"{name}.npz", x=pair_x, y=pair_y)
-    return {**counts, "pairs": config.data.pairs, **dropped}
+    summary = {**counts, "pairs": data.pairs, **dropped, "skipped": skipped}
+    io.write_json(out_dir / CLASSES_FILE, classes)
+    io.write_json(out_dir / COUNTS_FILE, summary)
+    return summary
+
+
+def mnist_splits(data: DataConfig, corpora: list[Path]) -> dict[str, tuple]:
+    """{side: (images, labels)}: a seeded fraction of the 60k training digits is validation,
+    the official 10k are the test."""
+    if len(corpora) != 1:
+        raise DataError(f"capsule reads one mnist.pkl.gz, got {len(corpora)} files")
+    (train_x, train_y), (test_x, test_y) = read_mnist(corpora[0])
+    sides = splits.split_groups(
+        range(len(train_y)),
+        int,
+        splits.SplitConfig(data.validation_fraction, 0.0, data.split_seed),
+        "capsule: MNIST",
+    )
+    return {
+        "train": (train_x[sides["train"]], train_y[sides["train"]]),
+        "validation": (train_x[sides["validation"]], train_y[sides["validation"]]),
+        "test": (test_x, test_y),
+    }
+
+
+def folder_splits(data: DataConfig) -> tuple[list[str], dict[str, tuple], int]:
+    """(class names, {side: (images, labels)}, files skipped) of the folder `data.folder`,
+    read and split as dogs' images are (read_image_folder), each image grey 28 x 28."""
+    listings, skipped = read_image_folder(
+        Path(data.folder), data.folder_split, data.split_seed, grey_pixels, "capsule.data"
+    )
+    classes = sorted({name for _, name in listings["train"]})
+    label = {name: i for i, name in enumerate(classes)}
+    arrays = {
+        side: (np.stack([x for x, _ in items]), np.asarray([label[n] for _, n in items]))
+        for side, items in listings.items()
+    }
+    return classes, arrays, skipped
+
+
+def grey_pixels(path: Path, image: Image.Image) -> np.ndarray:
+    """A decoded image (any mode, any size) as uint8 (28, 28): grey, resized the way dogs'
+    images are (`resize`: bilinear, anti-aliased when shrinking)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)[None, ..., None]
+    return np.rint(resize(grey, SIDE)[0, ..., 0].numpy()).clip(0, 255).astype(np.uint8)
+
+
+def class_names(data_dir: Path) -> list[str]:
+    """The prepared classes' names, in label order."""
+    return io.read_json(data_dir / CLASSES_FILE)
 
 
 def sample(rng, x, y, size: int | None):
@@ -181,10 +243,10 @@ def as_input(images: np.ndarray) -> np.ndarray:
 # -- models -------------------------------------------------------------------------------
 
 
-def front_end(config: ModelConfig, images):
+def front_end(config: ModelConfig, inputs):
     """The post's CNN: 3x3 ReLU convs, average pooling halfway; any image size."""
     half = len(config.conv_filters) // 2
-    features = images
+    features = inputs
     for i, filters in enumerate(config.conv_filters):
         if i == half:
             features = keras.layers.AveragePooling2D(2)(features)
@@ -192,23 +254,27 @@ def front_end(config: ModelConfig, images):
     return features
 
 
-def build_capsule_model(config: Config, optimizer: keras.optimizers.Optimizer) -> keras.Model:
-    images = keras.Input(shape=(None, None, 1), name="image")
-    features = front_end(config.model, images)
+def build_capsule_model(
+    config: Config, optimizer: keras.optimizers.Optimizer, classes: int
+) -> keras.Model:
+    inputs = keras.Input(shape=(None, None, 1), name="image")
+    features = front_end(config.model, inputs)
     capsules = keras.layers.Reshape((-1, config.model.conv_filters[-1]))(features)
-    digits = Capsule(CLASSES, config.model.capsule_dim, config.model.routings, name="digits")(
+    digits = Capsule(classes, config.model.capsule_dim, config.model.routings, name="digits")(
         capsules
     )
-    model = keras.Model(images, CapsuleLength(name="lengths")(digits), name="capsule")
+    model = keras.Model(inputs, CapsuleLength(name="lengths")(digits), name="capsule")
     return compiled(model, config.loss, optimizer)
 
 
-def build_cnn_model(config: Config, optimizer: keras.optimizers.Optimizer) -> keras.Model:
-    images = keras.Input(shape=(None, None, 1), name="image")
-    pooled = keras.layers.GlobalAveragePooling2D()(front_end(config.model, images))
+def build_cnn_model(
+    config: Config, optimizer: keras.optimizers.Optimizer, classes: int
+) -> keras.Model:
+    inputs = keras.Input(shape=(None, None, 1), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(front_end(config.model, inputs))
     hidden = keras.layers.Dense(config.model.cnn_dense, activation="relu")(pooled)
-    scores = keras.layers.Dense(CLASSES, activation="sigmoid")(hidden)
-    return compiled(keras.Model(images, scores, name="cnn"), config.loss, optimizer)
+    scores = keras.layers.Dense(classes, activation="sigmoid")(hidden)
+    return compiled(keras.Model(inputs, scores, name="cnn"), config.loss, optimizer)
 
 
 def compiled(model: keras.Model, loss: LossConfig, optimizer) -> keras.Model:
@@ -229,8 +295,8 @@ def shifted(image: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
-    targets = np.eye(CLASSES, dtype=np.float32)[y]
+def batches(x: np.ndarray, y: np.ndarray, batch: int, classes: int) -> tf.data.Dataset:
+    targets = np.eye(classes, dtype=np.float32)[y]
     return tf.data.Dataset.from_tensor_slices((as_input(x), targets)).batch(batch)
 
 
@@ -239,9 +305,10 @@ def fit(build, config: Config, runtime, data_dir: Path, curves: Path, backup: Pa
     validation digits' loss; returns (model, its validation figures)."""
     strategy = training.setup(runtime)
     x, y = load_npz(data_dir / "train.npz")
+    classes = len(class_names(data_dir))
     batch = training.global_batch_size(config.train.batch_size, strategy)
     digits = tf.data.Dataset.from_tensor_slices(
-        (as_input(x), np.eye(CLASSES, dtype=np.float32)[y])
+        (as_input(x), np.eye(classes, dtype=np.float32)[y])
     ).shuffle(len(y), seed=runtime.seed)
     seeds = tf.data.Dataset.random(seed=runtime.seed).batch(2)  # a crop seed per digit
     dataset = (
@@ -253,10 +320,10 @@ def fit(build, config: Config, runtime, data_dir: Path, curves: Path, backup: Pa
         .batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )
-    validation = batches(*load_npz(data_dir / "validation.npz"), batch)
+    validation = batches(*load_npz(data_dir / "validation.npz"), batch, classes)
     steps = config.train.epochs * math.ceil(len(y) / batch)
     with strategy.scope():
-        model = build(config, training.cosine_adam(config.train.learning_rate, steps))
+        model = build(config, training.cosine_adam(config.train.learning_rate, steps), classes)
     history = training.fit(
         model,
         dataset,
@@ -286,6 +353,7 @@ def train(config, runtime, data_dir: Path, vocab_file, model_dir: Path, curves_f
         build_capsule_model, config, runtime, data_dir, curves_file, Path(runtime.backup_dir)
     )
     training.save_model(model, model_dir / MODEL_FILE)
+    io.write_json(model_dir / CLASSES_FILE, class_names(data_dir))
     return figures
 
 
@@ -345,8 +413,10 @@ def evaluate(
     config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
 ):
     """Per-digit accuracy and per-pair two-digit hits on the test split, for the capsule
-    model and its CNN baseline (trained by the baseline stage)."""
+    model and its CNN baseline (trained by the baseline stage); the files prepare skipped as
+    unreadable are counted in `skipped_images`."""
     test_x, test_y = load_npz(data_dir / "test.npz")
+    classes = class_names(data_dir)
     pair_x, pair_y = load_npz(data_dir / "pairs.npz")
     batch = config.serve.batch_size
     systems = {
@@ -364,7 +434,9 @@ def evaluate(
         if name == "capsule":
             predicted = np.argmax(digit_scores, axis=1)
             io.write_confusion(
-                plots_dir / "confusion.json", [str(d) for d in test_y], [str(d) for d in predicted]
+                plots_dir / "confusion.json",
+                [classes[d] for d in test_y],
+                [classes[d] for d in predicted],
             )
     rows = [
         {"system": f"{name}, {SHOWN[metric]}", "accuracy": float(values[metric][name].mean())}
@@ -385,6 +457,7 @@ def evaluate(
         "test_digits": len(test_y),
         "test_pairs": len(pair_y),
         "test_overlap": splits.overlap((x.tobytes() for x in test_x), seen),
+        "skipped_images": io.read_json(data_dir / COUNTS_FILE)["skipped"],
     }
     return metrics, scored
 
@@ -393,10 +466,12 @@ def evaluate(
 
 
 class DigitsPyfunc(mlflow.pyfunc.PythonModel):
-    """Column `image` in; columns `digit`, `top2`, `scores` out, a row per image."""
+    """Column `image` in; columns `digit`, `top2`, `scores`, `label`, `top2_labels` out, a
+    row per image."""
 
     def load_context(self, context):
         self.settings = context.model_config
+        self.classes = io.read_json(context.artifacts["classes"])
         model = keras.models.load_model(context.artifacts["model"], compile=False)
         # One trace per image width, not per call.
         self.run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -404,7 +479,7 @@ class DigitsPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         settings = self.settings
         values = serving.image_column(model_input, settings["max_images"])
-        out = {"digit": [], "top2": [], "scores": []}
+        out = {"digit": [], "top2": [], "scores": [], "label": [], "top2_labels": []}
         for row, value in enumerate(values):
             image = to_image(value, row, settings["max_side"])
             class_scores = self.run(tf.constant(image[None, ..., None])).numpy()[0]
@@ -412,6 +487,8 @@ class DigitsPyfunc(mlflow.pyfunc.PythonModel):
             out["digit"].append(int(best[0]))
             out["top2"].append([int(d) for d in best[:2]])
             out["scores"].append([float(s) for s in class_scores])
+            out["label"].append(self.classes[best[0]])
+            out["top2_labels"].append([self.classes[d] for d in best[:2]])
         return pd.DataFrame(out)
 
 
@@ -470,7 +547,10 @@ def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
 
     return {
         "python_model": DigitsPyfunc(),
-        "artifacts": {"model": str(model_dir / MODEL_FILE)},
+        "artifacts": {
+            "model": str(model_dir / MODEL_FILE),
+            "classes": str(model_dir / CLASSES_FILE),
+        },
         "model_config": {
             "max_images": config.serve.max_images,
             "max_side": config.serve.max_side,

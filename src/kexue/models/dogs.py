@@ -463,7 +463,8 @@ def evaluate(
     config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
 ):
     """Per-image top-1 and top-k hits on the test split, for the fine-tuned model and the
-    random-init baseline (trained by the baseline stage), and the model's confusion matrix."""
+    random-init baseline (trained by the baseline stage), and the model's confusion matrix;
+    the files fetch_images skipped as unreadable are counted in `skipped_images`."""
     classes = io.read_json(model_dir / CLASSES_FILE)
     paths, labels, _ = images.list_split(data_dir, "test", classes)
     test = plain_batches(paths, labels, config.model.image_size, config.serve.batch_size)
@@ -504,6 +505,7 @@ def evaluate(
         "test_images": len(labels),
         "classes": len(classes),
         "test_overlap": splits.overlap((images.file_digest(p) for p in paths), seen),
+        "skipped_images": io.read_json(data_dir / images.COUNTS_FILE)["skipped"],
     }
     return metrics, scores
 
