@@ -44,7 +44,7 @@ def main() -> None:
             module.DESCRIPTION,
             module.SCORE,
             metrics[module.SCORE],
-            tags={"data.sha256": data_hash, **lineage},
+            tags={"data.sha256": data_hash, **lineage, **tracking.source_tags(args.data)},
             score_champion=score_champion,
         )
     status = "now champion" if crowned else "champion unchanged"

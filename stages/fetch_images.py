@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kexue import params, tracking
+from kexue import io, params, tracking
 from kexue.data.images import ImageDataConfig, build_dataset
 from kexue.data.mnist import read_mnist
 from kexue.data.sources import Source
@@ -34,6 +34,10 @@ def main() -> None:
         mnist = read_mnist(args.mnist)
     cache_dir = tracking.project_root() / runtime_config(all_params).download_dir
     counts = build_dataset(config, args.out, cache_dir, sources, mnist)
+    inputs = io.digests([Path(config.folder)] if config.dataset == "folder" else [])
+    inputs.update(io.digests([args.mnist]) if mnist is not None else {})
+    inputs.update({s.uri: s.sha256 or s.integrity or "unverified" for s in sources.values()})
+    io.write_sources(args.out, inputs)
     print(json.dumps(counts))
 
 

@@ -1,8 +1,11 @@
-"""DVC stage prepare_<model>: read the raw corpora, split them into train/test files."""
+"""DVC stage prepare_<model>: read the raw corpora, split them into train/validation/test
+files, and record what they were made from (sources.json: each input's sha256)."""
 
 import argparse
 import json
 from pathlib import Path
+
+from kexue import io
 
 from _common import model_config, run
 
@@ -16,7 +19,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     _, module, config = model_config(args.model)
-    print(json.dumps(module.prepare(config, args.corpora, args.out)))
+    counts = module.prepare(config, args.corpora, args.out)
+    # A model whose params name its input (a folder of images) says what it read.
+    inputs = module.inputs(config, args.corpora) if hasattr(module, "inputs") else args.corpora
+    io.write_sources(args.out, io.digests(inputs))
+    print(json.dumps(counts))
 
 
 if __name__ == "__main__":

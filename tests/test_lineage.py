@@ -2,6 +2,7 @@
 real SQLite MLflow store, with the stages' own choice of inputs and tags."""
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -135,3 +136,17 @@ def test_stages_log_the_splits_they_read_under_their_names(stages, tmp_path):
         ("validation", data / "validation_pairs.npz"),
         ("vocabulary", vocab),
     ]
+
+
+def test_a_prepared_folder_names_its_inputs_and_their_sha256(tmp_path):
+    corpus, folder = tmp_path / "corpus.txt", tmp_path / "images"
+    corpus.write_text("我们 喜欢\n")
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "1.png").write_bytes(b"png")
+    io.write_sources(tmp_path / "prepared", io.digests([corpus, folder]))
+    tags = tracking.source_tags(tmp_path / "prepared")
+    assert json.loads(tags[tracking.SOURCES_TAG]) == {
+        str(corpus): sha256(corpus),
+        str(folder): io.hash_paths([folder]),
+    }
+    assert tracking.source_tags(tmp_path / "made-before-sources") == {}

@@ -41,6 +41,38 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 
 
+# Beside a prepared data set: what it was made from, so a model's lineage names its data.
+SOURCES_FILE = "sources.json"
+
+
+def write_sources(out_dir: str | os.PathLike, sources: dict[str, str]) -> None:
+    """`out_dir/sources.json`: {input path or URL: its sha256}."""
+    write_json(Path(out_dir) / SOURCES_FILE, sources)
+
+
+def read_sources(data_dir: str | os.PathLike) -> dict[str, str]:
+    """The inputs a prepared folder was made from ({} for one made before it said)."""
+    path = Path(data_dir) / SOURCES_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """A file's sha256 (what `sha256sum` prints); a folder's, over its files' names and bytes."""
+    path = Path(path)
+    if path.is_dir():
+        return hash_paths([path])
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digests(paths: list[Path]) -> dict[str, str]:
+    """{path: sha256} of files or folders, as `write_sources` records them."""
+    return {str(path): sha256(path) for path in paths}
+
+
 def write_confusion(path: str | os.PathLike, actual: list[str], predicted: list[str]) -> None:
     """One {actual, predicted} row per example: the data of DVC's `confusion` template."""
     rows = [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)]

@@ -118,6 +118,8 @@ def describe(lineage: Lineage) -> str:
     tags where they differ from the version's (a model DVC restored from its run cache)."""
     lines = [f"{lineage.name} version {lineage.version} (@{registry.CHAMPION})"]
     lines += [f"  {tag}: {lineage.tags[tag]}" for tag in CODE_TAGS if tag in lineage.tags]
+    sources = json.loads(lineage.tags.get(tracking.SOURCES_TAG, "{}"))
+    lines += [f"  made from {source}  sha256 {digest}" for source, digest in sources.items()]
     for run in lineage.runs:
         lines.append(f"{run.stage} run {run.run_id}{_run_summary(run)}")
         for tag in CODE_TAGS:

@@ -170,6 +170,17 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else UNKNOWN
 
 
+SOURCES_TAG = "data.sources"
+
+
+def source_tags(data_dir: str | os.PathLike) -> dict[str, str]:
+    """The version tag naming the data its prepared folder was made from, {input: sha256} as
+    JSON (the folder's sources.json): a user's own file is named with its digest."""
+
+    sources = io.read_sources(data_dir)
+    return {SOURCES_TAG: json.dumps(sources, sort_keys=True)} if sources else {}
+
+
 def provenance() -> dict[str, str]:
     """Tags naming the code and params a run ran with: the git commit, the sha256 of the
     params.yaml it read and, inside `dvc exp run`, the experiment's name and baseline commit:
@@ -177,7 +188,7 @@ def provenance() -> dict[str, str]:
     tags = {"git.commit": git_commit()}
     params_file = Path("params.yaml")  # the stages' own: DVC runs them in the workspace
     if params_file.is_file():
-        tags[PARAMS_TAG] = _sha256(params_file)
+        tags[PARAMS_TAG] = io.sha256(params_file)
     if experiment := os.environ.get(DVC_EXP_NAME):
         tags[EXP_NAME_TAG] = experiment
         tags[EXP_BASELINE_TAG] = os.environ.get(DVC_EXP_BASELINE_REV, UNKNOWN)
@@ -319,10 +330,6 @@ def _measure(path: Path) -> tuple[str, int | None]:
     return digest.hexdigest(), rows
 
 
-def _sha256(path: Path) -> str:
-    return _measure(path)[0]
-
-
 def _array_rows(path: Path) -> int | None:
     """The common length of the first axis of an .npy file's array or an .npz file's arrays,
     read from their headers alone; None when they differ or one is a scalar."""
@@ -358,7 +365,7 @@ def tag_output(tag: str, path: str | os.PathLike) -> None:
 
     if mlflow.active_run() is not None:
         with store(f"tagging the run with {tag}"):
-            mlflow.set_tag(tag, _sha256(Path(path)))
+            mlflow.set_tag(tag, io.sha256(path))
 
 
 def run_that_wrote(model: str, tag: str, path: str | os.PathLike) -> str:
@@ -369,9 +376,10 @@ def run_that_wrote(model: str, tag: str, path: str | os.PathLike) -> str:
     experiment = mlflow.get_experiment_by_name(f"kexue-{model}")
     if experiment is None:
         return UNKNOWN
+    wrote = f"tags.`{tag}` = '{io.sha256(path)}'"
     runs = mlflow.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{tag}` = '{_sha256(Path(path))}' and attributes.status = 'FINISHED'",
+        filter_string=f"{wrote} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",

@@ -5,6 +5,9 @@
                                              registry's champion; registered model text
     prepare(config, corpora, out_dir)        raw data -> fixed train / validation / test
                                              files, split and de-overlapped by kexue.splits
+    inputs(config, corpora)                  (optional) what prepare reads when params, not
+                                             the corpora, name it; recorded with each input's
+                                             sha256 in the prepared folder's sources.json
     build_vocab(config, data_dir)            -> text.vocab.Vocabulary of the train split
     train(config, runtime, data_dir, vocab_file, model_dir, curves_file) -> summary dict:
                                              fits on train, stops early on validation; the

@@ -108,6 +108,11 @@ class Config:
 # -- data ---------------------------------------------------------------------------------
 
 
+def inputs(config: Config, corpora: list[Path]) -> list[Path]:
+    """What `prepare` reads: MNIST (the corpus) or the folder `data.folder`."""
+    return [Path(config.data.folder)] if config.data.source == "folder" else corpora
+
+
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """MNIST (mnist.pkl.gz, the one corpus) or the folder of `data.folder` -> train.npz,
     validation.npz, test.npz (uint8 images, labels), validation_pairs.npz, pairs.npz (two
