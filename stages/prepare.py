@@ -1,8 +1,11 @@
 """DVC stage prepare_<model>: read the raw corpora, split them into train/test files."""
 
 import argparse
+import inspect
 import json
 from pathlib import Path
+
+from kexue import params
 
 from _common import model_config, run
 
@@ -15,8 +18,12 @@ def main() -> None:
         "corpora", type=Path, nargs="*", help="the raw corpus file(s); none for generated data"
     )
     args = parser.parse_args()
-    _, module, config = model_config(args.model)
-    print(json.dumps(module.prepare(config, args.corpora, args.out)))
+    all_params, module, config = model_config(args.model)
+    extra = {}
+    # A model that cuts raw text into words gets the `segment` stage's jieba settings.
+    if "segment" in inspect.signature(module.prepare).parameters:
+        extra["segment"] = params.block(all_params, "segment")
+    print(json.dumps(module.prepare(config, args.corpora, args.out, **extra)))
 
 
 if __name__ == "__main__":

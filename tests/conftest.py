@@ -63,11 +63,14 @@ def trained_crf(tmp_path_factory):
     return train_tiny(crf, tiny_crf_config(), corpus, root)
 
 
-def train_tiny(module, config, corpus: Path | list[Path], root: Path) -> dict:
+def train_tiny(module, config, corpus: Path | list[Path], root: Path, **prepare_options) -> dict:
     """prepare -> vocab -> train one model (a kexue.models module) on a tiny corpus (or
-    corpora), all under `root`: the paths, the config, prepare's counts and train's summary."""
+    corpora), all under `root`: the paths, the config, prepare's counts and train's summary.
+    `prepare_options` go to the module's prepare (attention's `segment` settings)."""
     paths = {"data": root / "data", "vocab": root / "vocab.json", "model_dir": root / "model"}
-    counts = module.prepare(config, corpus if isinstance(corpus, list) else [corpus], paths["data"])
+    counts = module.prepare(
+        config, corpus if isinstance(corpus, list) else [corpus], paths["data"], **prepare_options
+    )
     module.build_vocab(config, paths["data"]).save(paths["vocab"])
     summary = module.train(
         config,

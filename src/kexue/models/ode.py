@@ -8,7 +8,8 @@ the unrolled solver.
 Data: the post's observations are values of this very model at t = 0, 10, 15, 30, 36, 40, 42
 (params.yaml `ode.data.truth` reproduces its table to the printed precision), so `prepare`
 generates them, with optional noise, and keeps the truth to score the fit. A CSV of your own
-observations (`t,x1,x2`, first row the start) replaces them; then there is no truth to score.
+observations (`data.source: file`, the CSV `data.observations`: `t,x1,x2`, first row the
+start) replaces them; then there is no truth to score.
 `prepare` splits the observation times after the start into fitted (train), validation and
 test times (kexue.splits); the start is always fitted, the fit begins from it.
 
@@ -56,9 +57,11 @@ DESCRIPTION = (
 
 @dataclass(frozen=True)
 class DataConfig(splits.SplitConfig):
-    """What generates the observations, and the fractions of the times after the start held
-    out for validation and test."""
+    """Where the observations come from, what generates them, and the fractions of the times
+    after the start held out for validation and test."""
 
+    source: Literal["generated", "file"]  # generated from `truth`, or read from `observations`
+    observations: str  # a t,x1,x2 CSV (read when source is file)
     truth: dict[str, float]  # the parameters that generate the observations
     start: list[float]  # x1, x2 at the first time
     times: list[float]  # observation times, ascending; the first is the start
@@ -141,23 +144,32 @@ def exact_trajectory(params: dict[str, float], start, times) -> np.ndarray:
 
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """Observations (and the truth, when generated) -> out_dir/train.csv (the start and the
-    fitted times), validation.csv, test.csv (held-out times; header only when none), truth.json."""
-    if len(corpora) > 1:
-        raise DataError(f"ode reads one observations CSV, got {len(corpora)} files")
-    if corpora:
-        observations = read_observations(corpora[0])
-        (out_dir / TRUTH).unlink(missing_ok=True)
-        where = str(corpora[0])
-    else:
+    fitted times), validation.csv, test.csv (held-out times; header only when none), truth.json.
+
+    `corpora` is the observations CSV, read when `data.source` is `file` (the pipeline always
+    passes it: a stage's dependencies cannot follow a switch). Everything is read and split
+    before the first file is written."""
+    generated = config.data.source == "generated"
+    if generated:
         observations = generate(config.data)
-        io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
         where = "params.yaml: ode.data.times"
+    elif len(corpora) != 1:
+        raise DataError(
+            f"ode.data.source is file: expected one observations CSV, got {len(corpora)}"
+        )
+    else:
+        observations = read_observations(corpora[0])
+        where = str(corpora[0])
     sides = split_times(observations, config.data, where)
+    if generated:
+        io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
+    else:
+        (out_dir / TRUTH).unlink(missing_ok=True)
     for name, rows in sides.items():
         write_observations(out_dir / f"{name}.csv", rows)
     return {
         "observations": len(observations),
-        "generated": int(not corpora),
+        "generated": int(generated),
         **{f"{name}_times": len(rows) for name, rows in sides.items()},
     }
 
@@ -195,7 +207,8 @@ def _check_times(times, where: str) -> None:
 def read_observations(path: Path) -> np.ndarray:
     """Rows of `t,x1,x2` (a header line first), times strictly increasing, populations > 0."""
     lines = io.read_lines(path)
-    if [c.strip() for c in lines[0].split(",")] != list(COLUMNS):
+    header = lines[0].removeprefix("\ufeff")  # a spreadsheet's byte-order mark
+    if [c.strip() for c in header.split(",")] != list(COLUMNS):
         raise DataError(f"{path}:1: expected the header t,x1,x2, got {lines[0]!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
