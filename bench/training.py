@@ -143,7 +143,7 @@ def crf_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int)
 
 def attention_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int) -> Batches:
     vocab = Vocabulary.load(vocab_file)
-    reviews = attention.read_reviews(data_dir / "train.tsv")
+    _, reviews, _ = attention.read_training_splits(data_dir)
     words = [attention.word_ids(vocab, r.words, config.data.max_words) for r in reviews]
     labels = np.array([r.label for r in reviews], dtype=np.float32)
     return lambda: epochs_of_batches(

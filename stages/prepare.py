@@ -2,10 +2,11 @@
 files, and record what they were made from (sources.json: each input's sha256)."""
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
-from kexue import io
+from kexue import io, params
 
 from _common import model_config, run
 
@@ -18,9 +19,14 @@ def main() -> None:
         "corpora", type=Path, nargs="*", help="the raw corpus file(s); none for generated data"
     )
     args = parser.parse_args()
-    _, module, config = model_config(args.model)
-    counts = module.prepare(config, args.corpora, args.out)
-    # A model whose params name its input (a folder of images) says what it read.
+    all_params, module, config = model_config(args.model)
+    extra = {}
+    # A model that cuts raw text into words gets the `segment` stage's jieba settings.
+    if "segment" in inspect.signature(module.prepare).parameters:
+        extra["segment"] = params.block(all_params, "segment")
+    counts = module.prepare(config, args.corpora, args.out, **extra)
+    # A model whose params name its input (a labelled file, a folder of images) says what
+    # it read.
     inputs = module.inputs(config, args.corpora) if hasattr(module, "inputs") else args.corpora
     io.write_sources(args.out, io.digests(inputs))
     print(json.dumps(counts))

@@ -64,14 +64,17 @@ def trained_crf(tmp_path_factory):
     return train_tiny(crf, tiny_crf_config(), corpus, root)
 
 
-def train_tiny(module, config, corpus: Path | list[Path], root: Path, prepare=None) -> dict:
+def train_tiny(
+    module, config, corpus: Path | list[Path], root: Path, prepare=None, **prepare_options
+) -> dict:
     """prepare -> vocab (a model with one) -> train one model (a kexue.models module) on a
     tiny corpus (or corpora), all under `root`: the paths, the config, prepare's counts and
-    train's summary. `prepare(config, corpora, out_dir)` stands in for a module without one."""
+    train's summary. `prepare(config, corpora, out_dir)` stands in for a module without one;
+    `prepare_options` go to the module's prepare (attention's `segment` settings)."""
     vocab = root / "vocab.json" if hasattr(module, "build_vocab") else None
     paths = {"data": root / "data", "vocab": vocab, "model_dir": root / "model"}
     corpora = corpus if isinstance(corpus, list) else [corpus]
-    counts = (prepare or module.prepare)(config, corpora, paths["data"])
+    counts = (prepare or module.prepare)(config, corpora, paths["data"], **prepare_options)
     if vocab is not None:
         module.build_vocab(config, paths["data"]).save(vocab)
     summary = module.train(

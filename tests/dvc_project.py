@@ -78,6 +78,8 @@ def make_project(repo: Path, params: dict, corpus_lines: int = 200) -> Path:
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "data" / "user").mkdir(parents=True)
     shutil.copy(REPO / "data" / "jieba_userdict.txt", repo / "data")
+    # The committed example files: the stages that can read them always depend on them.
+    shutil.copytree(REPO / "data" / "examples", repo / "data" / "examples")
     (repo / "data" / "user" / "corpus.txt").write_text(
         "\n".join(tiny_corpus_lines(corpus_lines, seed=3)) + "\n"
     )

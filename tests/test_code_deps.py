@@ -1,4 +1,5 @@
-"""Every stage lists the project code it runs, so `dvc status` says when a result is stale."""
+"""Every stage lists the project code it runs, so `dvc status` says when a result is stale;
+and the data files its params name, so your own file is a params change, not a dvc.yaml edit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from dvc_project import run
+from dvc_project import run, set_params
 
 from kexue.code_closure import closure, module_bundle, stage_closure
 from kexue.models import MODELS
@@ -43,6 +44,38 @@ def test_every_stage_lists_the_code_it_imports():
         for module in sorted(required_code(REPO, cmd) - deps)
     ]
     assert not missing, "dvc.yaml deps miss modules the stage imports:\n" + "\n".join(missing)
+
+
+def test_own_data_files_are_params_the_stages_read_and_depend_on(tmp_path):
+    for name in ["dvc.yaml", "params.yaml"]:
+        shutil.copy(REPO / name, tmp_path / name)
+    run(tmp_path, "dvc", "init", "-q", "--no-scm")
+    defaults = {name: (cmd, deps) for name, cmd, deps in resolved_stages(tmp_path)}
+    for stage, path in [
+        ("prepare_attention", "data/examples/labelled_news.tsv"),
+        ("prepare_ode", "data/examples/ode_post_table.csv"),
+    ]:
+        cmd, deps = defaults[stage]
+        assert path in deps and cmd.endswith(path) and (REPO / path).is_file()
+    set_params(
+        tmp_path,
+        {
+            "attention.data.source": "labelled",
+            "attention.data.labelled": "data/mine.csv",
+            "ode.data.source": "file",
+            "ode.data.observations": "data/mine_ode.csv",
+            "similarity.data.format": "groups",
+            "similarity.corpus": "data/mine_groups.tsv",
+        },
+    )
+    changed = {name: (cmd, deps) for name, cmd, deps in resolved_stages(tmp_path)}
+    for stage, path in [
+        ("prepare_attention", "data/mine.csv"),
+        ("prepare_ode", "data/mine_ode.csv"),
+        ("prepare_similarity", "data/mine_groups.tsv"),
+    ]:
+        cmd, deps = changed[stage]
+        assert path in deps and path in cmd.split()
 
 
 def test_each_exemption_is_a_module_some_stage_imports():

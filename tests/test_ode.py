@@ -142,22 +142,93 @@ def test_r2_from_item_totals_is_r2():
     assert stats.figure(items, ode.r2_from_totals) == pytest.approx(ode.r2(observed, predicted))
 
 
+def from_file(config):
+    """`config` reading its observations from the CSV the pipeline passes."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, source="file"))
+
+
+POST_TABLE = REPO / "data" / "examples" / "ode_post_table.csv"
+
+
+def test_generated_observations_ignore_the_csv_the_pipeline_passes(config, tmp_path):
+    ode.prepare(config, [POST_TABLE], tmp_path / "generated")
+    ode.prepare(config, [], tmp_path / "alone")
+    for name in ("train.csv", "truth.json"):
+        assert (tmp_path / "generated" / name).read_text() == (
+            tmp_path / "alone" / name
+        ).read_text()
+
+
+def test_observations_from_a_csv_replace_the_generated_ones(config, tmp_path):
+    # The post's table as printed: the default data's observations, rounded.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ode.TRUTH).write_text("{}")  # left over from a generated run
+    counts = ode.prepare(from_file(config), [POST_TABLE], tmp_path / "out")
+    assert counts == {
+        "observations": 7, "generated": 0, "train_times": 7, "validation_times": 0,
+        "test_times": 0,
+    }  # fmt: skip
+    rows = ode.load_observations(tmp_path / "out")
+    assert rows[:, 1].tolist() == [100, 165, 197, 280, 305, 318, 324]
+    assert rows[:, 2].tolist() == [150, 283, 290, 276, 269, 266, 264]
+    # No truth to judge the fit against: the generated run's is gone.
+    assert not (tmp_path / "out" / ode.TRUTH).exists()
+
+
+def test_a_csv_is_required_when_the_source_is_a_file(config, tmp_path):
+    with pytest.raises(DataError, match="ode.data.source is file: expected one observations CSV"):
+        ode.prepare(from_file(config), [], tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("t,x1,x2\n0,1,2\n1,1\n", r"obs\.csv:3: expected three numbers"),
-        ("t,x1,x2\n0,1,2\n1,a,2\n", r"obs\.csv:3: expected three numbers"),
-        ("t,x1,x2\n0,1,2\n2,1,2\n1,1,2\n", r"obs\.csv:4: t must increase"),
+        ("t,x1,x2\n0,1,2\n1,1\n", r"obs\.csv:3: expected three numbers t,x1,x2, got '1,1'"),
+        ("t,x1,x2\n0,1,2\n1,a,2\n", r"obs\.csv:3: expected three numbers t,x1,x2, got '1,a,2'"),
+        ("t,x1,x2\n0,1,2\n2,1,2\n1,1,2\n", r"obs\.csv:4: t must increase, got 1.0 after 2.0"),
+        ("t,x1,x2\n0,1,2\n2,1,2\n2,1,2\n", r"obs\.csv:4: t must increase, got 2.0 after 2.0"),
         ("t,y\n0,1\n", r"obs\.csv:1: expected the header t,x1,x2"),
+        ("t,x1\n0,1\n", r"obs\.csv:1: expected the header t,x1,x2"),
         ("t,x1,x2\n0,1,2\n1,0,2\n", r"obs\.csv:3: populations must be positive"),
+        ("t,x1,x2\n0,1,2\n", r"obs\.csv: expected at least 2 observations, got 1"),
     ],
 )
 def test_bad_observation_csv_names_the_file_and_line(config, tmp_path, text, message):
     source = tmp_path / "obs.csv"
     source.write_text(text)
     with pytest.raises(DataError, match=message):
-        ode.prepare(config, [source], tmp_path / "out")
+        ode.prepare(from_file(config), [source], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fit_to_csv_observations_is_judged_on_its_held_out_times(config, tmp_path):
+    short = dataclasses.replace(
+        from_file(config),
+        train=dataclasses.replace(config.train, epochs=1, steps_per_epoch=20, patience=None),
+    )
+    ode.prepare(short, [POST_TABLE], tmp_path / "data")
+    summary = ode.train(
+        short, tiny_runtime(tmp_path), tmp_path / "data", None, tmp_path / "model",
+        tmp_path / "curves.csv",
+    )  # fmt: skip
+    assert summary["fitted_times"] == 6 and (tmp_path / "model" / ode.MODEL_FILE).is_file()
+    # No truth and no held-out times: nothing to judge the fit on.
+    with pytest.raises(DataError, match=r"holds 0; expected at least 2: set ode.data.test_f"):
+        ode.evaluate(short, tmp_path / "data", None, tmp_path / "model", tmp_path / "plots")
+
+    held_out = dataclasses.replace(short, data=dataclasses.replace(short.data, test_fraction=0.34))
+    ode.prepare(held_out, [POST_TABLE], tmp_path / "held_out")
+    ode.train(
+        held_out, tiny_runtime(tmp_path), tmp_path / "held_out", None, tmp_path / "model2",
+        tmp_path / "curves2.csv",
+    )  # fmt: skip
+    metrics, scores = ode.evaluate(
+        held_out, tmp_path / "held_out", None, tmp_path / "model2", tmp_path / "plots"
+    )
+    by_name = {score.metric: score for score in scores}
+    assert metrics["test_times"] == 2 and "max_param_error" not in metrics
+    assert set(by_name) == {ode.SCORE, "test_rel_sq_error"}
+    assert len(by_name[ode.SCORE].model) == 2 and "scipy" in by_name[ode.SCORE].baselines
 
 
 @pytest.fixture(scope="module")

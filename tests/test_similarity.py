@@ -14,7 +14,7 @@ import requests
 from conftest import REPO, assert_exported_with_example, tiny_runtime, train_tiny
 
 from kexue import cli, params, registry, stats, tracking
-from kexue.data.cilin import SynonymGroup, read_cilin
+from kexue.data.cilin import SynonymGroup, read_cilin, read_group_lines
 from kexue.errors import DataError
 from kexue.models import similarity
 from kexue.models.similarity import Gallery, Member
@@ -132,6 +132,7 @@ def test_a_held_out_text_is_in_no_training_group():
         for i in range(12)
     ] + [SynonymGroup("only_shared", ("shared0", "shared1", "everywhere"))]
     data = similarity.DataConfig(
+        format="cilin",
         max_groups=None,
         min_group_to_hold_out=3,
         validation_fraction=0.3,
@@ -163,6 +164,68 @@ def test_max_groups_takes_a_seeded_subset(tiny):
     sides, _ = similarity.split_members(groups, subset)
     assert len({m.group for m in sides["train"]}) == 4
     assert similarity.split_members(groups, subset)[0] == sides
+
+
+# TINY_CILIN's groups in the post's layout, one text a line, a group's lines apart.
+TINY_GROUP_LINES = "".join(
+    f"{code}\t{text}\n"
+    for code, texts in [
+        ("Aa01A01", "甲乙 乙甲 甲甲 乙乙甲"),
+        ("Aa01A02", "丙丁 丁丙 丙丙"),
+        ("Ab01A01", "戊己 己戊 戊戊 己己戊"),
+        ("Aa01A02", "丁丁丙 丙丁"),  # more of Aa01A02; 丙丁 twice counts once
+        ("Ac01A01", "庚辛 辛庚 庚庚 辛辛庚"),
+        ("Ac01A01.2", "子丑 丑子 子子 丑丑子"),
+        ("Ad01A01", "辰巳 巳辰"),
+    ]
+    for text in texts.split()
+)
+
+
+def test_group_lines_read_as_the_same_groups_as_cilin(tmp_path):
+    (tmp_path / "cilin.txt").write_text(TINY_CILIN, encoding="utf-8")
+    (tmp_path / "groups.tsv").write_text(TINY_GROUP_LINES, encoding="utf-8")
+    assert read_group_lines(tmp_path / "groups.tsv") == read_cilin(tmp_path / "cilin.txt")
+    # A text may hold spaces (a question); the id and the text are trimmed.
+    (tmp_path / "faq.tsv").write_text(" faq1 \t怎么 退款\nfaq1\t如何退款 \n", encoding="utf-8")
+    assert read_group_lines(tmp_path / "faq.tsv") == [
+        SynonymGroup("faq1", ("怎么 退款", "如何退款"))
+    ]
+
+
+def test_prepare_from_group_lines_splits_as_from_cilin(tiny, tmp_path):
+    corpus = tmp_path / "groups.tsv"
+    corpus.write_text(TINY_GROUP_LINES, encoding="utf-8")
+    config = dataclasses.replace(
+        tiny["config"], data=dataclasses.replace(tiny["config"].data, format="groups")
+    )
+    counts = similarity.prepare(config, [corpus], tmp_path / "data")
+    assert counts == tiny["counts"]
+    for name in (*(f"{side}.tsv" for side in SIDES), similarity.PHRASES_FILE):
+        assert (tmp_path / "data" / name).read_text() == (tiny["root"] / "data" / name).read_text()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("faq2 怎么退款", r"expected group_id<TAB>text \(one tab\), got 0"),
+        ("faq2\t怎么\t退款", r"expected group_id<TAB>text \(one tab\), got 2"),
+        (" \t怎么退款", "blank group id; expected group_id<TAB>text"),
+        ("faq2\t ", "blank text; expected group_id<TAB>text"),
+    ],
+)
+def test_bad_group_line_names_file_and_line(tmp_path, line, problem):
+    path = tmp_path / "groups.tsv"
+    path.write_text(f"faq1\t如何退款\n{line}\n", encoding="utf-8")
+    config = params.parse(
+        similarity.Config,
+        params.block(params.load(REPO / "params.yaml"), "similarity"),
+        "similarity",
+    )
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="groups"))
+    with pytest.raises(DataError, match=rf"groups\.tsv:2: {problem}"):
+        similarity.prepare(config, [path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_members_file_names_the_line(tmp_path):

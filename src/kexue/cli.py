@@ -104,8 +104,14 @@ def sentiment(args: argparse.Namespace) -> None:
     if not texts:
         return
     model = _load(args.model or champion("attention"))
-    for positive in _predict(model, pd.DataFrame({"text": texts}), {})["positive"]:
-        print(f"{positive:.4f}\t{'positive' if positive >= 0.5 else 'negative'}")
+    labels = model.model_config["labels"]
+    found = _predict(model, pd.DataFrame({"text": texts}), {})
+    if len(labels) == 2:  # one column: the second label's probability
+        for probability in found[labels[1]]:
+            print(f"{probability:.4f}\t{labels[1] if probability >= 0.5 else labels[0]}")
+        return
+    for label, probability in zip(found.idxmax(axis=1), found.max(axis=1), strict=True):
+        print(f"{probability:.4f}\t{label}")
 
 
 def ode(args: argparse.Namespace) -> None:
@@ -206,7 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         "similarity",
     )
     sim.add_argument("--top", type=int, help="phrases to print (default: the model's top_k)")
-    _add_verb(verbs, sentiment, "is a review positive? (self-attention)", "classify", "attention")
+    _add_verb(
+        verbs,
+        sentiment,
+        "is a review positive? (self-attention; a model of more labels: the likeliest one)",
+        "classify",
+        "attention",
+    )
     populations = _add_verb(
         verbs,
         ode,

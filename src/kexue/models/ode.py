@@ -8,7 +8,8 @@ the unrolled solver.
 Data: the post's observations are values of this very model at t = 0, 10, 15, 30, 36, 40, 42
 (params.yaml `ode.data.truth` reproduces its table to the printed precision), so `prepare`
 generates them, with optional noise, and keeps the truth to score the fit. A CSV of your own
-observations (`t,x1,x2`, first row the start) replaces them; then there is no truth to score.
+observations (`data.source: file`, the CSV `data.observations`: `t,x1,x2`, first row the
+start) replaces them; then there is no truth to score.
 `prepare` splits the observation times after the start into fitted (train), validation and
 test times (kexue.splits); the start is always fitted, the fit begins from it.
 
@@ -41,6 +42,8 @@ from kexue.layers.ode import PARAMETERS, CompetitionODECell
 MODEL_FILE = "model.keras"
 START_FILE = "start.json"  # the first observation, where served trajectories begin
 TRUTH = "truth.json"
+# Observations from a CSV have no truth: they are judged on this many held-out times at least.
+MIN_TEST_TIMES = 2
 COLUMNS = ("t", "x1", "x2")
 # The champion predicts the truth best where it saw no data: R² of the trajectory past the
 # last fitted time, up to evaluate.horizon (higher is better). R² on the fitted observations
@@ -57,9 +60,11 @@ DESCRIPTION = (
 
 @dataclass(frozen=True)
 class DataConfig(splits.SplitConfig):
-    """What generates the observations, and the fractions of the times after the start held
-    out for validation and test."""
+    """Where the observations come from, what generates them, and the fractions of the times
+    after the start held out for validation and test."""
 
+    source: Literal["generated", "file"]  # generated from `truth`, or read from `observations`
+    observations: str  # a t,x1,x2 CSV (read when source is file)
     truth: dict[str, float]  # the parameters that generate the observations
     start: list[float]  # x1, x2 at the first time
     times: list[float]  # observation times, ascending; the first is the start
@@ -140,25 +145,39 @@ def exact_trajectory(params: dict[str, float], start, times) -> np.ndarray:
     return solution.y.T
 
 
+def inputs(config: Config, corpora: list[Path]) -> list[Path]:
+    """What `prepare` reads: the CSV, or nothing for observations generated from params."""
+    return [] if config.data.source == "generated" else corpora
+
+
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """Observations (and the truth, when generated) -> out_dir/train.csv (the start and the
-    fitted times), validation.csv, test.csv (held-out times; header only when none), truth.json."""
-    if len(corpora) > 1:
-        raise DataError(f"ode reads one observations CSV, got {len(corpora)} files")
-    if corpora:
-        observations = read_observations(corpora[0])
-        (out_dir / TRUTH).unlink(missing_ok=True)
-        where = str(corpora[0])
-    else:
+    fitted times), validation.csv, test.csv (held-out times; header only when none), truth.json.
+
+    `corpora` is the observations CSV, read when `data.source` is `file` (the pipeline always
+    passes it: a stage's dependencies cannot follow a switch). Everything is read and split
+    before the first file is written."""
+    generated = config.data.source == "generated"
+    if generated:
         observations = generate(config.data)
-        io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
         where = "params.yaml: ode.data.times"
+    elif len(corpora) != 1:
+        raise DataError(
+            f"ode.data.source is file: expected one observations CSV, got {len(corpora)}"
+        )
+    else:
+        observations = read_observations(corpora[0])
+        where = str(corpora[0])
     sides = split_times(observations, config.data, where)
+    if generated:
+        io.write_json(out_dir / TRUTH, {"params": config.data.truth, "start": config.data.start})
+    else:
+        (out_dir / TRUTH).unlink(missing_ok=True)
     for name, rows in sides.items():
         write_observations(out_dir / f"{name}.csv", rows)
     return {
         "observations": len(observations),
-        "generated": int(not corpora),
+        "generated": int(generated),
         **{f"{name}_times": len(rows) for name, rows in sides.items()},
     }
 
@@ -196,7 +215,8 @@ def _check_times(times, where: str) -> None:
 def read_observations(path: Path) -> np.ndarray:
     """Rows of `t,x1,x2` (a header line first), times strictly increasing, populations > 0."""
     lines = io.read_lines(path)
-    if [c.strip() for c in lines[0].split(",")] != list(COLUMNS):
+    header = lines[0].removeprefix("\ufeff")  # a spreadsheet's byte-order mark
+    if [c.strip() for c in header.split(",")] != list(COLUMNS):
         raise DataError(f"{path}:1: expected the header t,x1,x2, got {lines[0]!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
@@ -424,7 +444,8 @@ def evaluate(
 ) -> tuple[dict[str, float], list[stats.Scores]]:
     """The fit and SciPy's reference fit of the same fitted observations, judged on what
     neither was fitted to: each parameter against the truth, the trajectory past the last
-    fitted time against the truth (SCORE), the held-out test times.
+    fitted time against the truth (SCORE), the held-out test times. Observations from a CSV
+    have no truth: SCORE is then the R² at the held-out test times.
 
     The per-item Scores of the trajectory are its time points, which are correlated (each
     follows from the one before): their bootstrap interval is narrower than the
@@ -435,25 +456,56 @@ def evaluate(
         [fitted_rows[:, 0], load_observations(data_dir, "validation")[:, 0]]
     )
     truth = io.read_json(data_dir / TRUTH) if (data_dir / TRUTH).is_file() else None
-    if truth is None:
+    if truth is None and len(test) < MIN_TEST_TIMES:
         raise DataError(
-            f"{data_dir}: no {TRUTH} (observations from a CSV): the fit is judged against the "
-            "truth that generated its observations, and there is none"
+            f"{data_dir}: observations from a CSV are judged on held-out times, and it holds "
+            f"{len(test)}; expected at least {MIN_TEST_TIMES}: set ode.data.test_fraction"
         )
     trajectory = Trajectory.load(model_dir / MODEL_FILE, config.model.step)
     t0, start = fitted_rows[0, 0], fitted_rows[0, 1:]
     fitted = fitted_parameters(trajectory.model)
     reference = reference_fit(fitted_rows, config.model.initial, config.evaluate.reference_range)
-    true_params = truth["params"]
-
     times = np.linspace(
         t0, max(config.evaluate.horizon, fitted_rows[-1, 0]), config.evaluate.points
     )
     curve = {
         "fit": trajectory.at(t0, start, times),
         "scipy": exact_trajectory(reference, start, times),
-        "true": exact_trajectory(true_params, truth["start"], times),
     }
+    test_scores = []
+    if len(test):
+        scipy_at_test = exact_trajectory(reference, start, [t0, *test[:, 0]])[1:]
+        fit_at_test = trajectory.at(t0, start, test[:, 0])
+        test_scores.append(
+            stats.Scores(
+                "test_rel_sq_error",
+                relative_squared_errors(test[:, 1:], fit_at_test),
+                {"scipy": relative_squared_errors(test[:, 1:], scipy_at_test)},
+            )
+        )
+    predicted = trajectory.at(t0, start, fitted_rows[1:, 0])
+    metrics = {
+        **{f"fit_{name}": value for name, value in fitted.items()},
+        # How closely the fit follows the very observations it was fitted to: a diagnostic.
+        "fitted_r2": r2(fitted_rows[1:, 1:], predicted),
+        "test_times": len(test),
+        "test_overlap": splits.overlap(test[:, 0].tolist(), seen_times.tolist()),
+    }
+    if truth is None:
+        # No truth to extrapolate against: SCORE is the R² at the held-out times.
+        scores = [
+            stats.Scores(
+                SCORE,
+                r2_items(test[:, 1:], fit_at_test),
+                {"scipy": r2_items(test[:, 1:], scipy_at_test)},
+                statistic=r2_from_totals,
+            ),
+            *test_scores,
+        ]
+        write_plots(plots_dir, data_dir, times, curve)
+        return metrics, scores
+    true_params = truth["params"]
+    curve["true"] = exact_trajectory(true_params, truth["start"], times)
     beyond = times > fitted_rows[-1, 0]
     if not beyond.any():
         raise DataError(
@@ -473,27 +525,15 @@ def evaluate(
             relative_squared_errors(true_beyond, curve["fit"][beyond]),
             {"scipy": relative_squared_errors(true_beyond, curve["scipy"][beyond])},
         ),
+        *test_scores,
     ]
-    if len(test):
-        scipy_at_test = exact_trajectory(reference, start, [t0, *test[:, 0]])[1:]
-        scores.append(
-            stats.Scores(
-                "test_rel_sq_error",
-                relative_squared_errors(test[:, 1:], trajectory.at(t0, start, test[:, 0])),
-                {"scipy": relative_squared_errors(test[:, 1:], scipy_at_test)},
-            )
-        )
-    predicted = trajectory.at(t0, start, fitted_rows[1:, 0])
-    metrics = {
-        **parameter_errors(fitted, true_params, ""),
-        **parameter_errors(reference, true_params, "_scipy"),
-        **{f"fit_{name}": value for name, value in fitted.items()},
-        # How closely the fit follows the very observations it was fitted to: a diagnostic.
-        "fitted_r2": r2(fitted_rows[1:, 1:], predicted),
-        "extrapolation_points": int(beyond.sum()),
-        "test_times": len(test),
-        "test_overlap": splits.overlap(test[:, 0].tolist(), seen_times.tolist()),
-    }
+    metrics.update(
+        {
+            **parameter_errors(fitted, true_params, ""),
+            **parameter_errors(reference, true_params, "_scipy"),
+            "extrapolation_points": int(beyond.sum()),
+        }
+    )
     write_plots(plots_dir, data_dir, times, curve)
     return metrics, scores
 

@@ -4,7 +4,8 @@ Characters -> embedding -> GRU -> L2-normalised vector: the encoder. It is train
 classifier over groups of texts that mean the same (each group a class) with AM-Softmax
 (layers/margin.py), then used without the classifier: two texts are similar when the cosine
 of their vectors is high, also for texts and groups never seen in training. The post used
-private groups of similar questions; here the synonym groups of HIT Tongyici Cilin.
+private groups of similar questions; here the synonym groups of HIT Tongyici Cilin, or your
+own groups, one text a line with its group's id (`data.format: groups`, data/cilin.py).
 
 Evaluation is retrieval. Groups with 3+ members lend one member each to validation or to
 test (prepare), chosen among the members no other group lists, so a held-out text is in no
@@ -31,7 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from kexue import io, serving, splits, stats, training
-from kexue.data.cilin import SynonymGroup, read_cilin
+from kexue.data.cilin import SynonymGroup, read_cilin, read_group_lines
 from kexue.errors import DataError
 from kexue.layers.margin import AMSoftmax, AMSoftmaxLoss
 from kexue.text.vocab import Vocabulary
@@ -51,6 +52,7 @@ Head = Literal["am_softmax", "softmax"]
 
 @dataclass(frozen=True)
 class DataConfig:
+    format: Literal["cilin", "groups"]  # `CODE= text text` lines | `group_id<TAB>text` lines
     max_groups: int | None
     min_group_to_hold_out: int  # groups this large lend one member to validation or test
     validation_fraction: float  # of those groups
@@ -164,7 +166,8 @@ def member_text(member: Member) -> str:
 def prepare(config: Config, corpora: list[Path], out_dir: Path) -> dict[str, int]:
     """Fixed train / validation / test members (group<TAB>phrase lines) and every known
     phrase (served with the model)."""
-    groups = [group for corpus in corpora for group in read_cilin(corpus)]
+    read = read_cilin if config.data.format == "cilin" else read_group_lines
+    groups = [group for corpus in corpora for group in read(corpus)]
     members, dropped = split_members(groups, config.data)
     for side, side_members in members.items():
         write_members(out_dir / f"{side}.tsv", side_members)
