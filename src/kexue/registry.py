@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from kexue import stats
-from kexue.errors import ExportError, IncompatibleDataError, TrackingError
+from kexue.errors import DataError, ExportError, TrackingError
 from kexue.tracking import one_line, project_root, store
 
 CHAMPION = "champion"
@@ -93,7 +93,7 @@ def register_model(
     (version, became_champion, why).
 
     `score_champion(model_uri)` is the champion's score on the new version's test split,
-    computed as `score` was (`score_on_split`); it raises IncompatibleDataError when the
+    computed as `score` was (`score_on_split`); it raises DataError when the
     champion cannot read that split, and then the new version takes the alias. The version
     is tagged with its `score_name` and with what it was compared to (`Challenge.tags`).
 
@@ -139,7 +139,9 @@ def _challenge(
         return Challenge(score_name, score)
     try:
         champion_score = score_champion(version_uri(name, champion))
-    except IncompatibleDataError as err:
+    except DataError as err:
+        # The new version was scored on this very split: a data error is the champion's (a
+        # class it never saw, a file an older version of the code did not save).
         return Challenge(score_name, score, champion, unreadable=str(err))
     return Challenge(score_name, score, champion, champion_score)
 
@@ -202,8 +204,8 @@ def score_on_split(
     """`module.SCORE` of a registered version on the test split in `data_dir`: the module's
     own `evaluate` (as the evaluate stage ran it on the new version) on the version's pyfunc
     artifacts, its model file (`model`) and vocabulary (`vocab`, if it has one); the
-    baselines and plots that `evaluate` also makes are dropped. Raises IncompatibleDataError
-    when the version cannot read the split."""
+    baselines and plots that `evaluate` also makes are dropped. Raises DataError when the
+    version cannot read the split."""
     import tempfile
 
     import mlflow

@@ -553,6 +553,8 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path, jieba: JiebaSettin
         "python_model": SentimentPyfunc(),
         "artifacts": {
             "model": str(model_dir / MODEL_FILE),
+            # Beside the model file, so the registry can score this version by `evaluate`.
+            "labels": str(model_dir / LABELS_FILE),
             "vocab": str(vocab_file),
             "user_dict": jieba.user_dict,
         },
