@@ -70,23 +70,27 @@ def mlflow_runs(repo: Path) -> list[tuple[str, str]]:
 
 
 def make_project(repo: Path, params: dict, corpus_lines: int = 200) -> Path:
-    """Copy the pipeline and package into `repo`, commit it with a tiny `dvc add`-ed corpus."""
+    """Copy the pipeline and package into `repo`, commit it with a tiny `dvc add`-ed crf
+    corpus, data/user/corpus.txt (none for `corpus_lines=0`)."""
     repo.mkdir(parents=True, exist_ok=True)
     for name in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]:
         shutil.copy(REPO / name, repo / name)
     for folder in ["stages", "src"]:
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "data" / "user").mkdir(parents=True)
+    (repo / "data").mkdir()
     shutil.copy(REPO / "data" / "jieba_userdict.txt", repo / "data")
     # The committed example files: the stages that can read them always depend on them.
     shutil.copytree(REPO / "data" / "examples", repo / "data" / "examples")
-    (repo / "data" / "user" / "corpus.txt").write_text(
-        "\n".join(tiny_corpus_lines(corpus_lines, seed=3)) + "\n"
-    )
+    if corpus_lines:
+        (repo / "data" / "user").mkdir()
+        (repo / "data" / "user" / "corpus.txt").write_text(
+            "\n".join(tiny_corpus_lines(corpus_lines, seed=3)) + "\n"
+        )
     set_params(repo, params)
     run(repo, "git", "init", "-q")
     run(repo, "dvc", "init", "-q")
-    run(repo, "dvc", "add", "-q", "data/user/corpus.txt")
+    if corpus_lines:
+        run(repo, "dvc", "add", "-q", "data/user/corpus.txt")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "tiny project")
     return repo

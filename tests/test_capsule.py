@@ -21,7 +21,7 @@ from conftest import REPO, assert_exported_with_example, tiny_runtime
 from test_images import CLASSES, folder_config, one_level_tree, split_tree
 
 from kexue import cli, params, registry, stats, tracking
-from kexue.errors import DataError
+from kexue.errors import DataError, IncompatibleDataError
 from kexue.models import capsule
 
 PATTERNS = np.random.default_rng(7).random((10, 6, 6)) > 0.5
@@ -351,6 +351,15 @@ def test_a_folder_with_too_few_images_is_one_clear_line(tiny, tmp_path):
         extra.unlink()
     with pytest.raises(DataError, match=r"/mine/cat: 3 readable images; expected at least 5"):
         capsule.prepare(folder_capsule_config(tiny, tmp_path / "mine"), [], tmp_path / "data")
+
+
+def test_a_split_is_read_in_the_models_labels_and_a_new_class_is_unreadable(tmp_path):
+    # The champion of other data: its labels, or a class it never saw (the registry then
+    # lets the new version take the alias).
+    assert capsule.model_labels(["bee", "cat"], CLASSES, tmp_path).tolist() == [1, 2]
+    unknown = r"classes\.json: class 'dog' is not one of the 3 classes"
+    with pytest.raises(IncompatibleDataError, match=unknown):
+        capsule.model_labels(["ant", "dog"], CLASSES, tmp_path)
 
 
 def test_a_folder_trained_model_scores_its_own_classes(tiny, tmp_path):

@@ -33,7 +33,7 @@ from PIL import Image
 from kexue import io, serving, splits, stats, training
 from kexue.data.images import COUNTS_FILE, FolderSplitConfig, read_image_folder, resize
 from kexue.data.mnist import SIDE, read_mnist
-from kexue.errors import DataError
+from kexue.errors import DataError, IncompatibleDataError
 from kexue.layers.capsule import Capsule, CapsuleLength, MarginLoss
 
 MODEL_FILE = "model.keras"
@@ -199,6 +199,18 @@ def grey_pixels(path: Path, image: Image.Image) -> np.ndarray:
 def class_names(data_dir: Path) -> list[str]:
     """The prepared classes' names, in label order."""
     return io.read_json(data_dir / CLASSES_FILE)
+
+
+def model_labels(prepared: list[str], trained: list[str], data_dir: Path) -> np.ndarray:
+    """The label a model trained on `trained` classes gives each `prepared` class (by index);
+    IncompatibleDataError for a class it never saw."""
+    unknown = [name for name in prepared if name not in trained]
+    if unknown:
+        raise IncompatibleDataError(
+            f"{data_dir / CLASSES_FILE}: class {unknown[0]!r} is not one of "
+            f"the {len(trained)} classes the model was trained on"
+        )
+    return np.array([trained.index(name) for name in prepared], dtype=np.int64)
 
 
 def sample(rng, x, y, size: int | None):
@@ -419,10 +431,13 @@ def evaluate(
 ):
     """Per-digit accuracy and per-pair two-digit hits on the test split, for the capsule
     model and its CNN baseline (trained by the baseline stage); the files prepare skipped as
-    unreadable are counted in `skipped_images`."""
+    unreadable are counted in `skipped_images`. Labels are read as the model's classes
+    (its classes.json); a class it was not trained on is one it cannot read."""
+    classes = io.read_json(model_dir / CLASSES_FILE)
+    as_model = model_labels(class_names(data_dir), classes, data_dir)
     test_x, test_y = load_npz(data_dir / "test.npz")
-    classes = class_names(data_dir)
     pair_x, pair_y = load_npz(data_dir / "pairs.npz")
+    test_y, pair_y = as_model[test_y], as_model[pair_y]
     batch = config.serve.batch_size
     systems = {
         "capsule": keras.models.load_model(model_dir / MODEL_FILE, compile=False),
