@@ -8,11 +8,11 @@ import inspect
 from kexue import io, params, registry, tracking
 from kexue.text.segmentation import JiebaSettings
 
-from _common import evaluate_kwargs, model_config, run, stage_args
+from _common import model_config, run, stage_args
 
 
 def main() -> None:
-    args = stage_args(__doc__, "data", "vocab", "model-dir", "baselines", "metrics", "out")
+    args = stage_args(__doc__, "data", "vocab", "model-dir", "metrics", "out")
     all_params, module, config = model_config(args.model)
     metrics = io.read_json(args.metrics)
     logged = params.flatten({"profile": all_params.get("profile"), args.model: config})
@@ -27,7 +27,6 @@ def main() -> None:
         module=module,
         config=config,
         data_dir=args.data,
-        **evaluate_kwargs(module, args.baselines),
     )
     with tracking.stage_run(args.model, "export", logged, data_hash, module.DESCRIPTION):
         tracking.log_metrics(metrics)

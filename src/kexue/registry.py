@@ -198,13 +198,11 @@ def _champion_version(client, name: str) -> str | None:
         raise
 
 
-def score_on_split(
-    model_uri: str, module: ModuleType, config: Any, data_dir: Path, **evaluate_kwargs: Any
-) -> float:
+def score_on_split(model_uri: str, module: ModuleType, config: Any, data_dir: Path) -> float:
     """`module.SCORE` of a registered version on the test split in `data_dir`: the module's
     own `evaluate` (as the evaluate stage ran it on the new version) on the version's pyfunc
-    artifacts, its model file (`model`) and vocabulary (`vocab`, if it has one); the
-    baselines and plots that `evaluate` also makes are dropped. Raises DataError when the
+    artifacts, its model file (`model`) and vocabulary (`vocab`, if it has one), without
+    baselines; the plots `evaluate` also makes are dropped. Raises DataError when the
     version cannot read the split."""
     import tempfile
 
@@ -220,7 +218,6 @@ def score_on_split(
             artifacts.get("vocab"),
             artifacts["model"].parent,
             Path(tmp) / "plots",
-            **evaluate_kwargs,
         )
     return stats.model_figure(scores, module.SCORE)
 

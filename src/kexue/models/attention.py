@@ -464,10 +464,11 @@ def evaluate(
     vocab_file: Path,
     model_dir: Path,
     plots_dir: Path,
-    baselines_dir: Path,
+    baselines_dir: Path | None = None,
 ) -> tuple[dict[str, float], list[stats.Scores]]:
     """Per-review correctness (`acc`) of the model and of both trained baselines on the
-    test reviews; the confusion matrix of the model, in label names."""
+    test reviews (of the model alone without `baselines_dir`); the confusion matrix of the
+    model, in label names."""
     labels = read_labels(model_dir)
     _, train_reviews, validation = read_training_splits(data_dir)
     test = read_reviews(data_dir / "test.tsv", len(labels))
@@ -486,7 +487,8 @@ def evaluate(
         [labels[p] for p in predicted],
     )
     baseline_predictions = {
-        short: predict(baselines_dir / f"{kind}.keras") for kind, short in BASELINES.items()
+        short: predict(baselines_dir / f"{kind}.keras")
+        for kind, short in (BASELINES.items() if baselines_dir is not None else [])
     }
     baselines = {short: (p == actual).astype(float) for short, p in baseline_predictions.items()}
     metrics = {
@@ -494,9 +496,10 @@ def evaluate(
         "test_overlap": splits.overlap(
             map(review_key, test), map(review_key, train_reviews + validation)
         ),
-        # How often the model and the model without positions pick the same label.
-        "agreement_no_pos": float(np.mean(predicted == baseline_predictions["no_pos"])),
     }
+    if baseline_predictions:
+        # How often the model and the model without positions pick the same label.
+        metrics["agreement_no_pos"] = float(np.mean(predicted == baseline_predictions["no_pos"]))
     return metrics, [stats.Scores("acc", (predicted == actual).astype(float), baselines)]
 
 

@@ -427,10 +427,16 @@ SHOWN = {
 
 
 def evaluate(
-    config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
+    config,
+    data_dir: Path,
+    vocab_file,
+    model_dir: Path,
+    plots_dir: Path,
+    baselines_dir: Path | None = None,
 ):
     """Per-digit accuracy and per-pair two-digit hits on the test split, for the capsule
-    model and its CNN baseline (trained by the baseline stage); the files prepare skipped as
+    model and its CNN baseline (trained by the baseline stage; the model alone without
+    `baselines_dir`); the files prepare skipped as
     unreadable are counted in `skipped_images`. Labels are read as the model's classes
     (its classes.json); a class it was not trained on is one it cannot read."""
     classes = io.read_json(model_dir / CLASSES_FILE)
@@ -439,10 +445,9 @@ def evaluate(
     pair_x, pair_y = load_npz(data_dir / "pairs.npz")
     test_y, pair_y = as_model[test_y], as_model[pair_y]
     batch = config.serve.batch_size
-    systems = {
-        "capsule": keras.models.load_model(model_dir / MODEL_FILE, compile=False),
-        "cnn": keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False),
-    }
+    systems = {"capsule": keras.models.load_model(model_dir / MODEL_FILE, compile=False)}
+    if baselines_dir is not None:
+        systems["cnn"] = keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False)
     layouts = {layout: two_digit_images(pair_x, layout) for layout in LAYOUT_AXES}
     values: dict[str, dict[str, np.ndarray]] = {metric: {} for metric in SHOWN}
     for name, model in systems.items():
@@ -465,7 +470,11 @@ def evaluate(
     ]
     io.write_json(plots_dir / "accuracy.json", rows)
     scored = [
-        stats.Scores(metric, by_system["capsule"], {"cnn": by_system["cnn"]})
+        stats.Scores(
+            metric,
+            by_system["capsule"],
+            {name: hit for name, hit in by_system.items() if name != "capsule"},
+        )
         for metric, by_system in values.items()
     ]
     seen = [

@@ -460,10 +460,16 @@ def top_k_hits(probabilities: np.ndarray, labels: np.ndarray, k: int) -> np.ndar
 
 
 def evaluate(
-    config, data_dir: Path, vocab_file, model_dir: Path, plots_dir: Path, baselines_dir: Path
+    config,
+    data_dir: Path,
+    vocab_file,
+    model_dir: Path,
+    plots_dir: Path,
+    baselines_dir: Path | None = None,
 ):
     """Per-image top-1 and top-k hits on the test split, for the fine-tuned model and the
-    random-init baseline (trained by the baseline stage), and the model's confusion matrix;
+    random-init baseline (trained by the baseline stage; the model alone without
+    `baselines_dir`), and the model's confusion matrix;
     the files fetch_images skipped as unreadable are counted in `skipped_images`."""
     classes = io.read_json(model_dir / CLASSES_FILE)
     paths, labels, _ = images.list_split(data_dir, "test", classes)
@@ -475,10 +481,9 @@ def evaluate(
             f"{MODEL_FILE} reads {trained_size}-pixel images; "
             f"params.yaml: dogs.model.image_size is {config.model.image_size}"
         )
-    systems = {
-        "model": model,
-        "scratch": keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False),
-    }
+    systems = {"model": model}
+    if baselines_dir is not None:
+        systems["scratch"] = keras.models.load_model(baselines_dir / BASELINE_FILE, compile=False)
     k = min(config.evaluate.top_k, len(classes))
     hits: dict[str, dict[str, np.ndarray]] = {"acc": {}, f"top{config.evaluate.top_k}": {}}
     for name, network in systems.items():
@@ -493,7 +498,11 @@ def evaluate(
                 [classes[p] for p in predicted],
             )
     scores = [
-        stats.Scores(metric, by_system["model"], {"scratch": by_system["scratch"]})
+        stats.Scores(
+            metric,
+            by_system["model"],
+            {name: hit for name, hit in by_system.items() if name != "model"},
+        )
         for metric, by_system in hits.items()
     ]
     seen = [

@@ -473,20 +473,21 @@ def evaluate(
     vocab_file: Path,
     model_dir: Path,
     plots_dir: Path,
-    baselines_dir: Path,
+    baselines_dir: Path | None = None,
 ) -> tuple[dict[str, float], list[stats.Scores]]:
     """Per-query hits at each k (`top<k>`) of the AM-Softmax encoder and of the softmax
-    baseline on the test queries; the accuracy at every k up to the largest as a plot."""
+    baseline (the encoder alone without `baselines_dir`) on the test queries; the accuracy
+    at every k up to the largest as a plot."""
     seen = read_training_splits(data_dir)
     test = read_members(data_dir / "test.tsv")
     max_k = max(config.evaluate.top_k)
     batch = config.serve.batch_size
+    systems = {"am_softmax": model_dir / MODEL_FILE}
+    if baselines_dir is not None:
+        systems["softmax"] = baselines_dir / "softmax.keras"
     ranks = {
         system: retrieval_ranks(Encoder.load(file, vocab_file, batch), seen["train"], test, max_k)
-        for system, file in (
-            ("am_softmax", model_dir / MODEL_FILE),
-            ("softmax", baselines_dir / "softmax.keras"),
-        )
+        for system, file in systems.items()
     }
     curve = [
         {"k": k, **{system: top_k_accuracy(r, k) for system, r in ranks.items()}}
@@ -495,7 +496,9 @@ def evaluate(
     io.write_json(plots_dir / "topk.json", curve)
     scores = [
         stats.Scores(
-            f"top{k}", hits(ranks["am_softmax"], k), {"softmax": hits(ranks["softmax"], k)}
+            f"top{k}",
+            hits(ranks["am_softmax"], k),
+            {system: hits(r, k) for system, r in ranks.items() if system != "am_softmax"},
         )
         for k in config.evaluate.top_k
     ]
