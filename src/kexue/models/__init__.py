@@ -20,9 +20,7 @@
                                              reader of the test split (the registry runs
                                              it on the champion, too); metrics hold
                                              `test_overlap` (0) and the per-item scores of
-                                             the model and each baseline (the model
-                                             alone without baselines_dir: the registry
-                                             scoring a champion); raises
+                                             the model and each baseline; raises
                                              errors.IncompatibleDataError when the model
                                              cannot read the split (a class, an input
                                              shape it was not trained on)
