@@ -589,7 +589,9 @@ def pyfunc(config: Config, vocab_file, model_dir: Path) -> dict:
             outputs=Schema(
                 [
                     ColSpec(DataType.long, "digit"),
+                    ColSpec(DataType.string, "label"),
                     ColSpec(Array(DataType.long), "top2"),
+                    ColSpec(Array(DataType.string), "top2_labels"),
                     ColSpec(Array(DataType.double), "scores"),
                 ]
             ),
