@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_corpus_lines, tiny_runtime, train_tiny
 from file_server import sha256
-from test_attention import NEGATIVE, POSITIVE, write
+from test_attention import NEGATIVE, POSITIVE, SEGMENT, write
 from test_capsule import write_mnist
 from test_images import stanford_dogs
 from test_poet import tiny_poems
@@ -95,7 +95,10 @@ def tiny_attention(config, root) -> dict:
         write(root / f"{name}.txt", reviews(lines, count // 2, config.data.max_words, seed))
         for seed, (name, lines) in enumerate((("pos", POSITIVE), ("neg", NEGATIVE)))
     ]
-    return train_tiny(models.load("attention"), replaced(config, "train", epochs=1), corpora, root)
+    # prepare's corpora for the review route: the labelled file is passed, not read.
+    corpora.append(REPO / "data" / "examples" / "labelled_news.tsv")
+    config = replaced(config, "train", epochs=1)
+    return train_tiny(models.load("attention"), config, corpora, root, segment=SEGMENT)
 
 
 def tiny_title(config, root) -> dict:
