@@ -249,7 +249,7 @@ def fitted(config, tmp_path_factory):
 
 
 def test_short_fit_follows_the_observations(fitted):
-    # Four epochs do not pin down all six parameters (a1 and 1/N1 trade off, see README);
+    # Four epochs do not pin down all six parameters (a1 and 1/N1 trade off, see docs/models.md);
     # they do bring the solved trajectory onto the observations.
     root, config = fitted["root"], fitted["config"]
     curves = pd.read_csv(root / "curves.csv")

@@ -1,10 +1,10 @@
-"""Train on your own data: README's recipe for each model, end to end on real DVC and MLflow
-in a tiny copy of the project. The user's file or folder is written in the layout the recipe
-documents and `dvc add`-ed, the recipe's `dvc exp run -S ...` builds the model's branch and
-nothing else, and the registered version names the data by its sha256 (tag `data.sources`,
-printed by `python -m kexue.lineage`). Replacing the data and `dvc add`-ing it again makes
-the branch's reader stale, `dvc repro` reruns exactly the branch, and the champion rule
-decides between the two versions.
+"""Train on your own data: the recipe for each model in docs/own-data.md, end to end on real
+DVC and MLflow in a tiny copy of the project. The user's file or folder is written in the
+layout the recipe documents and `dvc add`-ed, the recipe's `dvc exp run -S ...` builds the
+model's branch and nothing else, and the registered version names the data by its sha256
+(tag `data.sources`, printed by `python -m kexue.lineage`). Replacing the data and
+`dvc add`-ing it again makes the branch's reader stale, `dvc repro` reruns exactly the
+branch, and the champion rule decides between the two versions.
 
 A case is a `Recipe`: a function writing version 1 or 2 of the data, the recipe's params,
 the model's own tests' tiny sizes (seconds per stage) and the branch. Minutes in all:
@@ -39,9 +39,9 @@ pytestmark = pytest.mark.recipes
 @dataclass(frozen=True)
 class Recipe:
     model: str
-    data: str  # the user's file or folder, relative to the project, as README names it
+    data: str  # the user's file or folder, relative to the project, as the recipe names it
     write: Callable[[Path, int], None]  # version 1, then 2 (the replacement), of the data
-    params: dict[str, str]  # what README's `dvc exp run -S` sets
+    params: dict[str, str]  # what the recipe's `dvc exp run -S` sets
     tiny: dict  # the model's own tests' sizes, as dotted params keys
     branch: tuple[str, ...]  # what `dvc repro export_<model>` runs; first, the data's reader
     # Downloads the branch depends on (dvc.yaml cannot make a dep conditional) but the
@@ -346,7 +346,7 @@ def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path)
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "my data")
 
-    # The recipe as README shows it: the branch and no other stage runs.
+    # The recipe as docs/own-data.md shows it: the branch and no other stage runs.
     settings = [f"{key}={value}" for key, value in recipe.params.items()]
     options = [arg for setting in settings for arg in ("-S", setting)]
     built = run(repo, "dvc", "exp", "run", *options, f"export_{recipe.model}")
@@ -372,7 +372,7 @@ def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path)
     assert json.loads(tags["2"][tracking.SOURCES_TAG]) == {recipe.data: second}
     assert champion == chosen_by_the_rule(recipe, tags["2"])
 
-    # README's way to see it: the champion and the data it was made from.
+    # The documented way to see it: the champion and the data it was made from.
     lineage = run(repo, "python", "-m", "kexue.lineage", recipe.model).stdout
     digest = {"1": first, "2": second}[champion]
     assert f"{name} version {champion} (@champion)" in lineage
