@@ -9,6 +9,7 @@ kexue ode 10 20 40 --x1 120           # both populations at these times (the fit
 kexue digits seven.png pair.png       # the digit in each image, and the two best classes
 kexue classify photo.jpg --top 3      # each image's best classes and probabilities (fine-tuned CNN)
 kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
+kexue repro --jobs 2                  # dvc repro, the model branches two at a time
 """
 
 from __future__ import annotations
@@ -194,6 +195,12 @@ def _simplifier():
     return opencc.OpenCC("t2s").convert
 
 
+def repro(args: argparse.Namespace) -> None:
+    from kexue import parallel_repro
+
+    parallel_repro.repro(args.jobs or parallel_repro.cores(), args.targets)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -251,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poems.add_argument("--model", help=f"model URI or folder (default: {champion('poet')})")
     poems.set_defaults(run=poem)
+    pipeline = verbs.add_parser(
+        repro.__name__,
+        help="dvc repro with the model branches side by side (docs/parallel.md)",
+    )
+    pipeline.add_argument("--jobs", "-j", type=int, help="branches at a time (default: one a core)")
+    pipeline.add_argument(
+        "targets", nargs="*", help="stages to build (default: every branch of dvc.yaml)"
+    )
+    pipeline.set_defaults(run=repro)
     return parser
 
 

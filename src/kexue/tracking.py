@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import urllib.parse
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -66,7 +67,8 @@ def connect() -> Any:
         if uri.startswith(("http://", "https://")):
             _quick_check(uri)
         else:
-            mlflow.search_experiments(max_results=1)
+            with _creating(_sqlite_file(uri)):
+                mlflow.search_experiments(max_results=1)
     except Exception as err:  # any transport or store failure means the same to the user
         raise TrackingError(
             f"MLflow tracking store {_redact(uri)} is not reachable: {_reason(uri, err)}"
@@ -83,6 +85,60 @@ def _quick_check(uri: str) -> None:
 
     search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     requests.get(search, timeout=QUICK_CHECK_SECONDS).raise_for_status()
+
+
+@contextlib.contextmanager
+def _creating(database: Path | None) -> Iterator[None]:
+    """Hold a lock beside a SQLite store's file while MLflow opens it: the first opening
+    creates the schema, and two processes creating it at once break it for good (`kexue
+    repro` branches, two `dvc repro` side by side). Any other store: no lock."""
+    if database is None:
+        yield
+        return
+    from filelock import FileLock
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(database.with_name(f"{database.name}.lock")):
+        yield
+
+
+# SQLite lets one writer in at a time. MLflow waits up to 20 s for the lock (its busy
+# timeout), but SQLite refuses at once a write that could deadlock; MLflow has rolled that
+# call back, so it is made again after a pause that doubles each time.
+LOCKED_RETRIES = 6
+LOCKED_FIRST_PAUSE = 0.25  # seconds: 15.75 s of pauses in all
+
+
+def retried(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)`, one MLflow store call, made again while the store answers
+    "database is locked"."""
+    import mlflow
+
+    attempt = 0
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as err:
+            if not _locked(err) or attempt == LOCKED_RETRIES:
+                raise
+        time.sleep(LOCKED_FIRST_PAUSE * 2**attempt)
+        attempt += 1
+
+
+def _locked(err: Exception) -> bool:
+    return "database is locked" in str(err)
+
+
+def _end_run(mlflow, status: str) -> None:
+    """End the active run, `retried`: MLflow's end_run forgets the run before it writes its
+    status, so a refusal is retried on the run itself."""
+    run_id = mlflow.active_run().info.run_id
+    try:
+        mlflow.end_run(status)
+    except mlflow.exceptions.MlflowException as err:
+        if not _locked(err):
+            raise
+        retried(mlflow.MlflowClient().set_terminated, run_id, status)
 
 
 @contextlib.contextmanager
@@ -139,20 +195,33 @@ def _redact(uri: str) -> str:
 
 def _experiment_id(mlflow, name: str, description: str | None) -> str:
     """The experiment's id, created if new; its description set to `description` if given."""
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        if description and experiment.tags.get(DESCRIPTION_TAG) != description:
-            mlflow.MlflowClient().set_experiment_tag(
-                experiment.experiment_id, DESCRIPTION_TAG, description
-            )
-        return experiment.experiment_id
+    experiment = retried(mlflow.get_experiment_by_name, name)
+    if experiment is None:
+        try:
+            return _create_experiment(mlflow, name, description)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Another process (a branch of `kexue repro`) created it since we looked.
+            experiment = retried(mlflow.get_experiment_by_name, name)
+    if description and experiment.tags.get(DESCRIPTION_TAG) != description:
+        retried(
+            mlflow.MlflowClient().set_experiment_tag,
+            experiment.experiment_id,
+            DESCRIPTION_TAG,
+            description,
+        )
+    return experiment.experiment_id
+
+
+def _create_experiment(mlflow, name: str, description: str | None) -> str:
     location = None
     store = _sqlite_file(tracking_uri())
     if store is not None:
         # Artifacts beside the database, so a store in a temp folder keeps its files there too.
         location = (store.parent / "mlartifacts" / name).as_uri()
     tags = {DESCRIPTION_TAG: description} if description else None
-    return mlflow.create_experiment(name, artifact_location=location, tags=tags)
+    return retried(mlflow.create_experiment, name, artifact_location=location, tags=tags)
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -215,17 +284,17 @@ def stage_run(
     name = f"{stage}_{model}"
     with store(f"starting run {name}"):
         experiment_id = _experiment_id(mlflow, f"kexue-{model}", description)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        run = retried(mlflow.start_run, experiment_id=experiment_id, run_name=name, tags=tags)
+        retried(mlflow.log_params, {k: str(v)[:500] for k, v in params.items()})
     try:
         yield run
     except BaseException:
         # The store may be what failed: marking the run FAILED is worth one try, no more.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
-            mlflow.end_run("FAILED")
+            _end_run(mlflow, "FAILED")
         raise
     with store(f"ending run {name}"):
-        mlflow.end_run()
+        _end_run(mlflow, "FINISHED")
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -233,7 +302,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
     if mlflow.active_run() is not None:
         with store("logging metrics"):
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            retried(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, folder: str | None = None) -> None:
@@ -264,7 +333,8 @@ def log_inputs(inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
     if not datasets:
         return
     with store("logging the run's input datasets"):
-        mlflow.log_inputs(
+        retried(
+            mlflow.log_inputs,
             datasets=[dataset for _, dataset in datasets],
             contexts=[context for context, _ in datasets],
             tags_list=[None] * len(datasets),
@@ -365,7 +435,7 @@ def tag_output(tag: str, path: str | os.PathLike) -> None:
 
     if mlflow.active_run() is not None:
         with store(f"tagging the run with {tag}"):
-            mlflow.set_tag(tag, io.sha256(path))
+            retried(mlflow.set_tag, tag, io.sha256(path))
 
 
 def run_that_wrote(model: str, tag: str, path: str | os.PathLike) -> str:
@@ -403,6 +473,6 @@ def lineage_tags(
             RUN_ID_TAGS["evaluate"]: run_that_wrote(model, METRICS_FILE_TAG, metrics_file),
         }
         if active is not None:
-            mlflow.set_tags(made_by)
+            retried(mlflow.set_tags, made_by)
     made_by[RUN_ID_TAGS["export"]] = active.info.run_id if active is not None else UNKNOWN
     return {**made_by, **provenance()}
