@@ -115,7 +115,7 @@ def test_two_branches_side_by_side_leave_what_a_serial_repro_would(repo):
     with sqlite3.connect(repo / "mlruns.db") as db:
         versions = db.execute("select name, version from model_versions order by name").fetchall()
         champions = db.execute("select name, version from registered_model_aliases").fetchall()
-    assert versions == [("kexue-crf", "1"), ("kexue-ode", "1")]
+    assert versions == [("kexue-crf", 1), ("kexue-ode", 1)]
     assert sorted(champions) == versions
     times = json.loads((repo / ".kexue" / "repro" / "times.json").read_text())
     assert sorted(times["branches"]["export_crf"]["stages"]) == sorted(CRF_BRANCH)
@@ -133,7 +133,7 @@ def test_a_failing_branch_is_named_with_its_log_and_the_others_finish(repo):
     lines = result.stdout.splitlines()
     assert any(line.startswith("export_crf: done in ") for line in lines)
     failed = next(line for line in lines if line.startswith("export_ode: "))
-    assert "FAILED (exit 1)" in failed and failed.endswith("see .kexue/repro/export_ode.log")
+    assert ": FAILED (exit " in failed and failed.endswith("see .kexue/repro/export_ode.log")
     assert result.stderr.strip().splitlines()[-1] == (
         "kexue: 1 of 2 branches failed: export_ode (see .kexue/repro/export_ode.log)"
     )

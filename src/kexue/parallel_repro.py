@@ -162,6 +162,10 @@ class Runner:
                     self._end(process)
             try:
                 outcome.returncode, outcome.seconds, outcome.stages = timed(process, log_file)
+            except BaseException:  # interrupted: end the command's group with us
+                self._end(process)
+                process.wait()
+                raise
             finally:
                 with self._lock:
                     self._running.discard(process)
