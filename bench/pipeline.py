@@ -105,8 +105,9 @@ def compare(serial: parallel_repro.Outcome, parallel: dict, jobs: int) -> None:
     and its own `dvc repro`'s in the parallel one (turns waited at DVC's lock included)."""
     print(f"kexue repro --jobs {jobs} from scratch ({parallel['threads']} TF threads a branch)")
     print(f"  {'branch':32}{'serial':>8}{'parallel':>10} min")
-    shared = parallel.get("shared", {"seconds": 0.0, "stages": {}})
-    rows = [("(shared stages)", shared), *parallel["branches"].items()]
+    rows = list(parallel["branches"].items())
+    if "shared" in parallel:
+        rows.insert(0, ("(shared stages)", parallel["shared"]))
     for name, branch in rows:
         alone = sum(serial.stages.get(stage, 0.0) for stage in branch["stages"])
         print(f"  {name:32}{alone / 60:8.2f}{branch['seconds'] / 60:10.2f}")
