@@ -2,7 +2,8 @@
 by side, N at a time. Plain `dvc repro` stays the default; this is the same work, sooner on a
 machine with cores to spare.
 
-1. `dvc repro` of the stages two or more targets need (fetch, segment): once, first.
+1. `dvc repro` of the stages two or more targets need (the fetches of sources two models
+   read): once, first.
 2. `dvc --wait-for-lock repro TARGET` for each target, N at a time, the longest first
    (`parallel.order` in params.yaml). DVC holds its repo lock only between stage commands
    and lets go while one runs, so the branches take turns at it, not at the stages. Each
