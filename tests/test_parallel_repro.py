@@ -15,6 +15,7 @@ from conftest import REPO
 from dvc_project import CRF_BRANCH, TINY_CRF, make_project, mlflow_runs, run, set_params
 
 from kexue import models, parallel_repro, tracking
+from kexue.errors import ParamsError
 
 ODE_BRANCH = ["prepare_ode", "train_ode", "evaluate_ode", "export_ode"]
 TINY_ODE = {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20}
@@ -46,6 +47,12 @@ def test_branches_start_longest_first_and_share_the_cores():
     assert set(threads) == {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"}
     assert threads["TF_NUM_INTRAOP_THREADS"] == str(max(1, parallel_repro.cores() // 2))
     assert parallel_repro.thread_env(parallel_repro.cores() + 1)["TF_NUM_INTEROP_THREADS"] == "1"
+
+
+def test_jobs_below_one_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match="--jobs: expected a whole number of at least 1, got 0"):
+        parallel_repro.repro(0, [])
 
 
 def test_a_store_call_refused_as_locked_is_made_again(monkeypatch):

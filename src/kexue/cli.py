@@ -198,7 +198,8 @@ def _simplifier():
 def repro(args: argparse.Namespace) -> None:
     from kexue import parallel_repro
 
-    parallel_repro.repro(args.jobs or parallel_repro.cores(), args.targets)
+    jobs = parallel_repro.cores() if args.jobs is None else args.jobs
+    parallel_repro.repro(jobs, args.targets)
 
 
 def build_parser() -> argparse.ArgumentParser:
