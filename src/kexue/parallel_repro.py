@@ -88,7 +88,8 @@ def plan(targets: list[str]) -> tuple[list[str], list[str]]:
                 chosen = [s for s in graph if graph.in_degree(s) == 0]
         except DvcException as err:
             raise ReproError(f"dvc.yaml: {tracking.one_line(str(err))}") from None
-        chosen = [stage for stage in chosen if isinstance(stage, PipelineStage)]
+        # Once each, in the order given: a target named twice must not run twice at once.
+        chosen = [stage for stage in dict.fromkeys(chosen) if isinstance(stage, PipelineStage)]
         needs = {stage: {stage, *nx.descendants(graph, stage)} for stage in chosen}
         shared = {
             stage
