@@ -119,8 +119,7 @@ def fitted(name: str, config, runtime: training.RuntimeConfig) -> Fitted:
 # -- FLOPs per step -------------------------------------------------------------------------------
 
 
-@tf_ops.RegisterStatistics("Einsum", "flops")
-def _einsum_flops(graph, node) -> tf_ops.OpStats:
+def einsum_flops(graph, node) -> tf_ops.OpStats:
     """A multiply and an add at every point of the index space, what a contraction of two
     operands costs (the profiler has no count of its own for Einsum)."""
     operands = node.attr["equation"].s.decode().split("->")[0].split(",")
@@ -131,6 +130,10 @@ def _einsum_flops(graph, node) -> tf_ops.OpStats:
         letters = operand.replace("...", "")
         sizes.update(zip(letters, shape.as_list()[len(shape) - len(letters) :], strict=True))
     return tf_ops.OpStats("flops", 2 * math.prod(sizes.values()))
+
+
+with contextlib.suppress(KeyError):  # KeyError: already registered (this file loaded twice)
+    tf_ops.RegisterStatistics("Einsum", "flops")(einsum_flops)
 
 
 def unrolled_scan(f, init, xs=None, length=None, reverse=False, unroll=1):
