@@ -101,6 +101,14 @@ def stage_paths(name: str, dvc_file: Path = Path("dvc.yaml")) -> tuple[Path, Pat
     return Path(options["--data"]), Path(vocab) if vocab else None
 
 
+def stage_fit(name: str) -> Fitted:
+    """What the train stage of `name` fits, with the params in params.yaml."""
+    all_params = params.load()
+    config = params.parse(models.load(name).Config, params.block(all_params, name), name)
+    runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
+    return fitted(name, config, runtime)
+
+
 def fitted(name: str, config, runtime: training.RuntimeConfig) -> Fitted:
     """The model and dataset the train stage of `name` fits, outputs in a temp folder."""
     data_dir, vocab_file = stage_paths(name)
@@ -222,10 +230,7 @@ def timed_epoch(caught: Fitted, dataset: tf.data.Dataset, steps: int) -> float:
 def measure(name: str, steps: int, repeats: int) -> dict[str, float]:
     """Step seconds (median), GFLOP per step and the peak's GFLOP/s (median of the rounds
     before each timed round)."""
-    all_params = params.load()
-    config = params.parse(models.load(name).Config, params.block(all_params, name), name)
-    runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
-    caught = fitted(name, config, runtime)
+    caught = stage_fit(name)
     peak, seconds = [], []
     for _ in range(repeats):
         peak.append(matmul_gflops())
