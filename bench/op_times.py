@@ -6,9 +6,9 @@ model and dataset the train stage fits (caught as bench/training.py catches them
 
 After a warm-up epoch of `--steps` steps (tracing, the shuffle buffer filling), one epoch of
 as many runs under tf.profiler; its framework-op statistics are summed by op type: the share
-of the busy time (the profiler's self time, idle left out), milliseconds and ops run per
-step. Many ops a step at a few microseconds each is a step bound by dispatching ops, not
-by arithmetic.
+of the busy time (the profiler's self time; idle and tf.data's own ops left out),
+milliseconds and ops run per step. Many ops a step at a few microseconds each is a step
+bound by dispatching ops, not by arithmetic.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # noqa:
 from training import DEFAULT_STEPS, MODELS, Fitted, stage_fit, timed_epoch  # noqa: E402
 
 OP_STATS_TOOL = "framework_op_stats"  # the profiler's "TF stats" table
+# Left out of the step's busy time: idle, and tf.data's ops, which run on their own threads
+# beside the step (a new iterator's shuffle buffer fills during the profiled epoch).
+NOT_THE_STEP = {"IDLE", "Dataset"}
 
 
 def profiled_steps(caught: Fitted, steps: int, folder: Path) -> list[dict]:
@@ -48,10 +51,10 @@ def profiled_steps(caught: Fitted, steps: int, folder: Path) -> list[dict]:
 
 
 def by_type(rows: list[dict]) -> dict[str, tuple[float, int]]:
-    """{op type: (self time in µs, ops run)}, idle time left out."""
+    """{op type: (self time in µs, ops run)}, idle and input pipeline left out."""
     totals = collections.defaultdict(lambda: [0.0, 0])
     for row in rows:
-        if row["type"] != "IDLE":
+        if row["type"] not in NOT_THE_STEP:
             totals[row["type"]][0] += row["total_self_time"]
             totals[row["type"]][1] += int(row["occurrences"])
     return {op: (time, count) for op, (time, count) in totals.items()}

@@ -371,9 +371,7 @@ def test_cli_refuses_a_time_that_is_not_a_number(pyfunc_dir, capsys):
 def test_the_xla_fit_finds_the_plain_graphs_parameters(fitted, tmp_path):
     config, root = fitted["config"], fitted["root"]
     assert config.train.jit_compile  # the fixture's fit ran compiled
-    plain = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, jit_compile=False)
-    )
+    plain = dataclasses.replace(config, train=dataclasses.replace(config.train, jit_compile=False))
     summary = ode.train(
         plain, tiny_runtime(tmp_path), root / "data", None, tmp_path / "model", tmp_path / "c.csv"
     )
