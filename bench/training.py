@@ -1,23 +1,25 @@
-"""Training examples per second of each model: the project's input pipeline (tf.data, as the
-train stage builds it) vs a plain port of the posts' approach, a Python generator yielding
-padded NumPy batches one at a time (Keras 2's `fit_generator`), feeding the same model.
+"""Where each model's training time goes: the FLOP/s of its training step against the
+machine's dense matmul rate (bench/flops.py), measured in the same run.
 
-    python bench/training.py                          # after `dvc repro vocab_crf ...` etc.
+    python bench/training.py                          # after the data stages, see below
     python bench/training.py --models crf title --steps 100 --repeats 3
 
-"Ours" is the very model and dataset the train stage fits: `<model>.train` runs as the stage
+The model and data are the very ones the train stage fits: `<model>.train` runs as the stage
 runs it (params.yaml, the data and vocabulary the stage reads, per dvc.yaml) until it calls
-`training.fit`; that call is caught and its model and dataset are timed here. The reference
-is the same model built again from the same seed (the same initial weights), fed by a
-generator over the same training examples, already encoded to ids (as ours are): each epoch
-it shuffles, then pads each batch to its longest row in NumPy. Keras 3 runs a generator
-through `tf.data.Dataset.from_generator` and a prefetch; so does this benchmark, with the
-structure and dtypes of our dataset. Both run `--steps` steps per epoch, in `--repeats`
-alternated rounds (ours, reference, ours, ...) so that a change of load on the machine hits
-both; a round is a warm-up epoch (tracing, the shuffle buffer filling) and a timed one. The
-figure is batch size x steps / the median timed epoch. Each feed is also timed alone (no
-model), with the mean width its padding leaves: where the model is the bottleneck, no feed
-can speed training up.
+`training.fit`; that call is caught and its model and dataset are timed here. Step time: the
+median of `--repeats` rounds, each a warm-up epoch of `--steps` steps (tracing, the shuffle
+buffer filling) and a timed one; before each round, one round of bench/flops.py's matmul, so
+that the peak and the steps see the same load on the machine.
+
+FLOPs per step are counted by TensorFlow's graph profiler (tf.compat.v1.profiler,
+float_operation) on the graph of the model's own `train_step` (forward, gradients, optimizer
+update), traced for the shapes of each batch and averaged over the first `--steps` batches of
+the dataset. The profiler counts the ops it knows a cost for (matmuls, convolutions,
+elementwise arithmetic, reductions; here also einsum) in the graph it is given, not inside
+loop bodies: the count is taken on a twin of the graph with the loops unrolled (RNN layers
+`unroll`, keras.ops.scan a Python loop), the same arithmetic step by step. Ops it has no
+cost for (exp, tanh, sigmoid, gathers, Adam's variable updates) count 0: the figure is a
+lower bound of the work, dominated by the matmuls.
 """
 
 from __future__ import annotations
@@ -25,35 +27,41 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
-import random
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
-from images import python_batches  # noqa: E402  (bench/images.py: the dogs generator)
+from flops import matmul_gflops  # noqa: E402  (bench/flops.py: the peak)
+from tensorflow.python.framework import graph_util_impl  # noqa: E402
+from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 
 from kexue import models, params, training  # noqa: E402
-from kexue.data import images  # noqa: E402
-from kexue.models import attention, capsule, crf, ode, poet, similarity, title  # noqa: E402
-from kexue.text.segmentation import TAG_ID, bmes_tags  # noqa: E402
-from kexue.text.vocab import Vocabulary  # noqa: E402
 
+MODELS = ["crf", "attention", "similarity", "title", "capsule", "poet", "ode", "dogs"]
 # dogs' second training.fit call is its first on images (the first fits the head alone on
 # pooled features); every other model fits once.
 FIT_CALL = {"dogs": 1}
 DEFAULT_STEPS = {"dogs": 10, "capsule": 20, "title": 30}  # the slow ones on 2 CPU cores
-Batches = Callable[[], Iterator]
+# Ops that call a function (a loop body, a branch): the profiler does not count inside them.
+LOOP_OPS = {
+    "While",
+    "StatelessWhile",
+    "If",
+    "StatelessIf",
+    "PartitionedCall",
+    "StatefulPartitionedCall",
+}
 
 
 @dataclasses.dataclass
@@ -93,6 +101,14 @@ def stage_paths(name: str, dvc_file: Path = Path("dvc.yaml")) -> tuple[Path, Pat
     return Path(options["--data"]), Path(vocab) if vocab else None
 
 
+def stage_fit(name: str) -> Fitted:
+    """What the train stage of `name` fits, with the params in params.yaml."""
+    all_params = params.load()
+    config = params.parse(models.load(name).Config, params.block(all_params, name), name)
+    runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
+    return fitted(name, config, runtime)
+
+
 def fitted(name: str, config, runtime: training.RuntimeConfig) -> Fitted:
     """The model and dataset the train stage of `name` fits, outputs in a temp folder."""
     data_dir, vocab_file = stage_paths(name)
@@ -108,146 +124,77 @@ def fitted(name: str, config, runtime: training.RuntimeConfig) -> Fitted:
     raise RuntimeError(f"{name}.train finished without calling training.fit")
 
 
-# -- the posts' approach: a Python generator of padded NumPy batches --------------------------
+# -- FLOPs per step -------------------------------------------------------------------------------
 
 
-def padded(rows: list[list[int]]) -> np.ndarray:
-    """Rows of ids, 0-padded at the end to the longest."""
-    ids = np.zeros((len(rows), max(map(len, rows))), dtype=np.int32)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-    return ids
+def einsum_flops(graph, node) -> tf_ops.OpStats:
+    """A multiply and an add at every point of the index space, what a contraction of two
+    operands costs (the profiler has no count of its own for Einsum)."""
+    operands = node.attr["equation"].s.decode().split("->")[0].split(",")
+    sizes = {}
+    for name, operand in zip(node.input, operands, strict=True):
+        shape = graph_util_impl.tensor_shape_from_node_def_name(graph, name)
+        shape.assert_is_fully_defined()
+        letters = operand.replace("...", "")
+        sizes.update(zip(letters, shape.as_list()[len(shape) - len(letters) :], strict=True))
+    return tf_ops.OpStats("flops", 2 * math.prod(sizes.values()))
 
 
-def epochs_of_batches(count: int, batch: int, seed: int, make_batch: Callable) -> Iterator:
-    """Forever: shuffle the example indices, yield make_batch(indices) per batch."""
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(count)
-        for start in range(0, count, batch):
-            yield make_batch(order[start : start + batch])
+with contextlib.suppress(KeyError):  # KeyError: already registered (this file loaded twice)
+    tf_ops.RegisterStatistics("Einsum", "flops")(einsum_flops)
 
 
-def crf_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int) -> Batches:
-    vocab = Vocabulary.load(vocab_file)
-    sentences = crf.read_sentences(data_dir / "train.txt")
-    chars = [crf.encode_chars(vocab, "".join(s)) for s in sentences]
-    tags = [[TAG_ID[t] for t in bmes_tags(s)] for s in sentences]
-
-    def make_batch(rows):
-        tag_ids = padded([[t + 1 for t in tags[i]] for i in rows]) - 1  # CRF padding is -1
-        return padded([chars[i] for i in rows]), tag_ids
-
-    return lambda: epochs_of_batches(len(chars), batch, seed, make_batch)
-
-
-def attention_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int) -> Batches:
-    vocab = Vocabulary.load(vocab_file)
-    _, reviews, _ = attention.read_training_splits(data_dir)
-    words = [attention.word_ids(vocab, r.words, config.data.max_words) for r in reviews]
-    labels = np.array([r.label for r in reviews], dtype=np.float32)
-    return lambda: epochs_of_batches(
-        len(words), batch, seed, lambda rows: (padded([words[i] for i in rows]), labels[rows])
-    )
+def unrolled_scan(f, init, xs=None, length=None, reverse=False, unroll=1):
+    """keras.ops.scan as a Python loop over a length known when tracing."""
+    del unroll  # every step is unrolled
+    steps = length if xs is None else keras.tree.flatten(xs)[0].shape[0]
+    carry, ys = init, [None] * steps
+    for t in reversed(range(steps)) if reverse else range(steps):
+        x = None if xs is None else keras.tree.map_structure(lambda v, t=t: v[t], xs)
+        carry, ys[t] = f(carry, x)
+    if ys and ys[0] is None:
+        return carry, None
+    return carry, keras.tree.map_structure(lambda *y: keras.ops.stack(y), *ys)
 
 
-def title_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int) -> Batches:
-    vocab = Vocabulary.load(vocab_file)
-    pairs = title.read_titled_texts(data_dir / "train.jsonl")
-    texts = [vocab.encode(p.text) for p in pairs]
-    titles = [[title.START_ID, *vocab.encode(p.title), title.END_ID] for p in pairs]
-
-    def make_batch(rows):
-        targets = padded([titles[i] for i in rows])
-        return (padded([texts[i] for i in rows]), targets[:, :-1]), targets[:, 1:]
-
-    return lambda: epochs_of_batches(len(texts), batch, seed, make_batch)
-
-
-def similarity_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int):
-    vocab = Vocabulary.load(vocab_file)
-    members = similarity.read_members(data_dir / "train.tsv")
-    chars = [vocab.encode(m.text) for m in members]
-    index = similarity.group_index(members)
-    groups = np.array([index[m.group] for m in members], dtype=np.int32)
-    return lambda: epochs_of_batches(
-        len(chars), batch, seed, lambda rows: (padded([chars[i] for i in rows]), groups[rows])
-    )
+@contextlib.contextmanager
+def loops_unrolled(model: keras.Model) -> Iterator[None]:
+    """While tracing: every RNN layer unrolled, keras.ops.scan a Python loop."""
+    rnns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.RNN)]
+    real_scan = keras.ops.scan
+    keras.ops.scan = unrolled_scan
+    for layer in rnns:
+        layer.unroll = True
+    try:
+        yield
+    finally:
+        keras.ops.scan = real_scan
+        for layer in rnns:
+            layer.unroll = False
 
 
-def poet_batches(config, data_dir: Path, vocab_file: Path, batch: int, seed: int) -> Batches:
-    vocab = Vocabulary.load(vocab_file)
-    couplets = poet.read_couplets(data_dir / "train.txt", config.data.line_chars)
-    if config.train.max_couplets is not None:
-        couplets = couplets[: config.train.max_couplets]
-    ids = poet.encode(couplets, vocab)
-    no_kl = np.zeros(batch, dtype=np.float32)
-    return lambda: epochs_of_batches(
-        len(ids),
-        batch,
-        seed,
-        lambda rows: (ids[rows], {"couplet": ids[rows], "kl": no_kl[: len(rows)]}),
-    )
+def batch_flops(model: keras.Model, batch) -> int:
+    """Floating-point operations of one train_step on a batch of these shapes (profiler)."""
+    specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+    with loops_unrolled(model):
+        graph = tf.function(model.train_step).get_concrete_function(specs).graph
+    loops = [op.type for op in graph.get_operations() if op.type in LOOP_OPS]
+    if loops:
+        raise RuntimeError(f"{model.name}: {loops} left in the graph: their bodies would count 0")
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
 
 
-def capsule_batches(config, data_dir: Path, vocab_file, batch: int, seed: int) -> Batches:
-    x, y = capsule.load_npz(data_dir / "train.npz")
-    classes = len(capsule.class_names(data_dir))
-    digits, one_hot = capsule.as_input(x), np.eye(classes, dtype=np.float32)[y]
-    shift = config.train.max_shift
-    rng = np.random.default_rng(seed)
-
-    def make_batch(rows):
-        # Each digit moved by up to `shift` pixels: a crop of the zero-padded digit.
-        framed = np.pad(digits[rows], [(0, 0), (shift, shift), (shift, shift), (0, 0)])
-        height, width = digits.shape[1:3]
-        moved = np.empty_like(digits[rows])
-        for i, (dy, dx) in enumerate(rng.integers(0, 2 * shift + 1, size=(len(rows), 2))):
-            moved[i] = framed[i, dy : dy + height, dx : dx + width]
-        return moved, one_hot[rows]
-
-    return lambda: epochs_of_batches(len(y), batch, seed, make_batch)
-
-
-def ode_batches(config, data_dir: Path, vocab_file, batch: int, seed: int) -> Batches:
-    inputs, targets, weights = ode.training_batch(
-        ode.load_observations(data_dir), config.model.step
-    )
-
-    def forever():
-        while True:
-            yield inputs, targets, weights
-
-    return forever
-
-
-def dogs_batches(config, data_dir: Path, vocab_file, batch: int, seed: int) -> Batches:
-    paths, labels, _ = images.list_split(data_dir, "train")
-    size = config.model.image_size
-
-    def forever():
-        order = random.Random(seed)
-        while True:
-            shuffled = order.sample(range(len(paths)), len(paths))
-            for x, y in python_batches(
-                [paths[i] for i in shuffled], labels[shuffled], size, config.augment, batch, seed
-            ):
-                y = y.astype(np.int32)
-                yield {"image": x, "label": y}, {"probs": y, "center": np.zeros_like(y)}
-
-    return forever
-
-
-REFERENCE = {
-    "crf": crf_batches,
-    "attention": attention_batches,
-    "title": title_batches,
-    "similarity": similarity_batches,
-    "poet": poet_batches,
-    "capsule": capsule_batches,
-    "ode": ode_batches,
-    "dogs": dogs_batches,
-}
+def mean_step_flops(model: keras.Model, dataset: tf.data.Dataset, steps: int) -> float:
+    """FLOPs of a step, averaged over the first `steps` batches (one count per shape)."""
+    counts, per_shape = [], {}
+    for batch in dataset.take(steps):
+        shapes = tuple(tuple(t.shape) for t in tf.nest.flatten(batch))
+        if shapes not in per_shape:
+            per_shape[shapes] = batch_flops(model, batch)
+        counts.append(per_shape[shapes])
+    return statistics.mean(counts)
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -267,103 +214,59 @@ class EpochTimes(keras.callbacks.Callback):
 
 def timed_epoch(caught: Fitted, dataset: tf.data.Dataset, steps: int) -> float:
     """Seconds of `steps` steps, after a warm-up epoch of as many (a new iterator: the
-    shuffle buffer fills, a generator restarts; the first call also traces)."""
+    shuffle buffer fills; the first call also traces)."""
     timer = EpochTimes()
     caught.model.fit(
         dataset,
         steps_per_epoch=steps,
         epochs=2,
         callbacks=[timer, *caught.callbacks],
-        shuffle=False,  # both feeds shuffle, as the train stage's does
+        shuffle=False,  # the dataset shuffles, as the train stage's does
         verbose=0,
     )
     return timer.seconds[1]
 
 
-def any_shape(dataset: tf.data.Dataset):
-    """The dataset's element structure and dtypes, every dimension free (the generator pads
-    each batch to its own longest row)."""
-    return tf.nest.map_structure(
-        lambda spec: tf.TensorSpec([None] * spec.shape.rank, spec.dtype), dataset.element_spec
-    )
-
-
-def feeds(name: str) -> tuple[int, dict[str, tuple[Fitted, tf.data.Dataset]]]:
-    """(batch size, {"ours": (model, dataset), "reference": (model, generator's dataset)})."""
-    all_params = params.load()
-    config = params.parse(models.load(name).Config, params.block(all_params, name), name)
-    runtime = params.parse(training.RuntimeConfig, all_params.get("runtime"), "runtime")
-    per_replica = getattr(config.train, "batch_size", 1)  # ode: one trajectory a step
-    batch = training.global_batch_size(per_replica, tf.distribute.get_strategy())
-    ours = fitted(name, config, runtime)
-    reference = fitted(name, config, runtime)  # the same seed: the same initial weights
-    data_dir, vocab_file = stage_paths(name)
-    generator = REFERENCE[name](config, data_dir, vocab_file, batch, runtime.seed)
-    fed = tf.data.Dataset.from_generator(generator, output_signature=any_shape(ours.dataset))
-    ours_feed, reference_feed = (ours, ours.dataset.repeat()), (reference, fed.prefetch(-1))
-    return batch, {"ours": ours_feed, "reference": reference_feed}
-
-
-def input_alone(dataset: tf.data.Dataset, steps: int) -> tuple[float, float]:
-    """(batches/s of the feed with no model, after its first batch; the mean width of the
-    first input: characters, words, pixels, solver steps)."""
-    batches = iter(dataset)
-    next(batches)
-    widths, start = [], time.perf_counter()
-    for _ in range(steps):
-        inputs = next(batches)[0]
-        widths.append(tf.nest.flatten(inputs)[0].shape[1])
-    return steps / (time.perf_counter() - start), statistics.mean(widths)
-
-
-def measure(name: str, steps: int, repeats: int) -> list:
-    """[batch, ours/s, reference/s, ratio, ours input batches/s, reference's, mean widths]."""
-    batch, fed = feeds(name)
-    alone = {feed: input_alone(dataset, steps) for feed, (_, dataset) in fed.items()}
-    seconds = {feed: [] for feed in fed}
-    for _ in range(repeats):  # alternated: a change of load on the machine hits both
-        for feed, (caught, dataset) in fed.items():
-            seconds[feed].append(timed_epoch(caught, dataset, steps))
-    ours, reference = (steps * batch / statistics.median(seconds[feed]) for feed in fed)
-    return [
-        batch,
-        ours,
-        reference,
-        ours / reference,
-        *(alone[feed][0] for feed in fed),
-        *(alone[feed][1] for feed in fed),
-    ]
-
-
-# Each figure's heading and format (widths match), in measure's order.
-COLUMNS = [
-    ("batch", "{:>7}"),
-    ("ours/s", "{:>9,.0f}"),
-    ("ref/s", "{:>9,.0f}"),
-    ("ratio", "{:>7.2f}x"),
-    ("input: ours b/s", "{:>16,.0f}"),
-    ("ref b/s", "{:>9,.0f}"),
-    ("width: ours", "{:>12.1f}"),
-    ("ref", "{:>6.1f}"),
-]
+def measure(name: str, steps: int, repeats: int) -> dict[str, float]:
+    """Step seconds (median), GFLOP per step and the peak's GFLOP/s (median of the rounds
+    before each timed round)."""
+    caught = stage_fit(name)
+    peak, seconds = [], []
+    for _ in range(repeats):
+        peak.append(matmul_gflops())
+        seconds.append(timed_epoch(caught, caught.dataset.repeat(), steps) / steps)
+    step_flops = mean_step_flops(caught.model, caught.dataset, steps)
+    return {
+        "step": statistics.median(seconds),
+        "gflop": step_flops / 1e9,
+        "peak": statistics.median(peak),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", choices=list(REFERENCE), default=list(REFERENCE))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--steps", type=int, help="steps per timed epoch (default: per model)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs. Training examples/s (/s): batch x steps / the median of")
-    print(f"{args.repeats} alternated timed epochs. Input: batches/s (b/s) of each feed alone and")
-    print("its mean padded width (of the first input), over as many steps.")
-    header = "".join(f"{h:>{len(f.format(0))}}" for h, f in COLUMNS)
-    print(f"{'model':>10}{'steps':>7}{header}")
+    rows, peaks = [], []
     for name in args.models:
         steps = args.steps or DEFAULT_STEPS.get(name, 100)
         figures = measure(name, steps, args.repeats)
-        row = "".join(f.format(value) for (_, f), value in zip(COLUMNS, figures, strict=True))
-        print(f"{name:>10}{steps:>7}{row}", flush=True)
+        peaks.append(figures["peak"])
+        rows.append((name, steps, figures))
+        print(f"{name}: {figures}", file=sys.stderr, flush=True)
+    peak = statistics.median(peaks)
+    print(f"{os.cpu_count()} CPUs; float32 matmul peak (bench/flops.py, median of the rounds")
+    print(f"between the models' rounds): {peak:.1f} GFLOP/s\n")
+    print("| model | steps | step time | GFLOP/step | GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|")
+    for name, steps, figures in rows:
+        rate = figures["gflop"] / figures["step"]
+        print(
+            f"| {name} | {steps} | {figures['step'] * 1e3:,.1f} ms | {figures['gflop']:.3f} "
+            f"| {rate:.1f} | {100 * rate / peak:.1f}% |"
+        )
 
 
 if __name__ == "__main__":

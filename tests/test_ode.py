@@ -366,3 +366,25 @@ def test_cli_prints_populations_at_the_times(pyfunc_dir, capsys):
 def test_cli_refuses_a_time_that_is_not_a_number(pyfunc_dir, capsys):
     assert cli.main(["ode", "--model", str(pyfunc_dir), "ten"]) == 1
     assert "a time must be a number, got 'ten'" in capsys.readouterr().err
+
+
+def test_the_xla_fit_finds_the_plain_graphs_parameters(fitted, tmp_path):
+    config, root = fitted["config"], fitted["root"]
+    assert config.train.jit_compile  # the fixture's fit ran compiled
+    plain = dataclasses.replace(config, train=dataclasses.replace(config.train, jit_compile=False))
+    summary = ode.train(
+        plain, tiny_runtime(tmp_path), root / "data", None, tmp_path / "model", tmp_path / "c.csv"
+    )
+    for name in PARAMETERS:
+        key = f"fit_{name}"
+        assert summary[key] == pytest.approx(fitted["summary"][key], rel=1e-4), key
+
+
+def test_xla_only_on_one_replica(config):
+    replicas = [ode.use_xla(config.train, FakeStrategy(n)) for n in (1, 2)]
+    assert replicas == [True, False]
+
+
+@dataclasses.dataclass
+class FakeStrategy:
+    num_replicas_in_sync: int

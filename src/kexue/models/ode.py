@@ -85,6 +85,7 @@ class TrainConfig:
     steps_per_epoch: int  # gradient steps on the one trajectory per epoch
     learning_rate: float
     patience: int | None  # early stopping on the validation times' loss (needs some)
+    jit_compile: bool  # compile the training step with XLA (single replica only)
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,12 @@ def training_batch(observations: np.ndarray, step: float, scored: np.ndarray | N
     return inputs, targets[None], weights[None]
 
 
+def use_xla(config: TrainConfig, strategy: tf.distribute.Strategy) -> bool:
+    """XLA fuses the solver's hundreds of tiny ops per step into a few kernels; Keras runs a
+    jit-compiled step on one replica only, so more replicas keep the plain graph."""
+    return config.jit_compile and strategy.num_replicas_in_sync == 1
+
+
 def train(
     config: Config,
     runtime: training.RuntimeConfig,
@@ -330,6 +337,7 @@ def train(
                 config.train.learning_rate, config.train.epochs * config.train.steps_per_epoch
             ),
             loss=relative_squared_error,
+            jit_compile=use_xla(config.train, strategy),
         )
     history = training.fit(
         model,
