@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -94,3 +95,19 @@ def make_project(repo: Path, params: dict, corpus_lines: int = 200) -> Path:
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "tiny project")
     return repo
+
+
+def stale(repo: Path) -> set[str]:
+    """What `dvc status` reports as changed, the whole project's stages and .dvc files."""
+    return set(json.loads(run(repo, "dvc", "status", "--json").stdout))
+
+
+def downstream(repo: Path, target: str, changed: set[str]) -> set[str]:
+    """`changed` and every stage after it on the way to `target` (`dvc dag`)."""
+    dot = run(repo, "dvc", "dag", "--dot", target).stdout
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dot)
+    found, frontier = set(changed), set(changed)
+    while frontier:
+        frontier = {after for before, after in edges if before in frontier} - found
+        found |= frontier
+    return found

@@ -16,7 +16,6 @@ import importlib
 import json
 import math
 import random
-import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, tiny_corpus_lines
-from dvc_project import TINY_CRF, make_project, run, stages_run
+from dvc_project import TINY_CRF, downstream, make_project, run, stages_run, stale
 from test_images import CLASSES, MIXED, write_class
 from test_poet import tiny_poems
 from test_similarity import TINY_GROUP_LINES
@@ -285,22 +284,6 @@ def add_data(repo: Path, recipe: Recipe, version: int) -> str:
     recipe.write(path, version)
     run(repo, "dvc", "add", "-q", recipe.data)
     return io.sha256(path)
-
-
-def stale(repo: Path) -> set[str]:
-    """What `dvc status` reports as changed, the whole project's stages and .dvc files."""
-    return set(json.loads(run(repo, "dvc", "status", "--json").stdout))
-
-
-def downstream(repo: Path, target: str, changed: set[str]) -> set[str]:
-    """`changed` and every stage after it on the way to `target` (`dvc dag`)."""
-    dot = run(repo, "dvc", "dag", "--dot", target).stdout
-    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dot)
-    found, frontier = set(changed), set(changed)
-    while frontier:
-        frontier = {after for before, after in edges if before in frontier} - found
-        found |= frontier
-    return found
 
 
 def registry(repo: Path, name: str) -> tuple[dict[str, dict[str, str]], str]:
