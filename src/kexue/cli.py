@@ -9,6 +9,7 @@ kexue ode 10 20 40 --x1 120           # both populations at these times (the fit
 kexue digits seven.png pair.png       # the digit in each image, and the two best classes
 kexue classify photo.jpg --top 3      # each image's best classes and probabilities (fine-tuned CNN)
 kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
+kexue serve                           # every champion over HTTP, and a page to try them
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import pandas as pd
 
 from kexue import params as project_params
-from kexue import registry, tracking
+from kexue import registry, serve, tracking
 from kexue.errors import KexueError
 
 
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poems.add_argument("--model", help=f"model URI or folder (default: {champion('poet')})")
     poems.set_defaults(run=poem)
+    serve.add_verb(verbs)
     return parser
 
 
