@@ -580,9 +580,10 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
 
     def rows(self, items: list, what: str) -> list:
         """`items`, refused (HTTP 400) when there are more than the model's `max_rows`."""
-        if len(items) > self.settings["max_rows"]:
+        limit = self.settings["max_rows"]
+        if len(items) > limit:
             raise serving.bad_request(
-                f"input has {len(items)} {what}; the limit per request is {self.settings['max_rows']}"
+                f"input has {len(items)} {what}; the limit per request is {limit}"
             )
         return items
 
