@@ -244,10 +244,10 @@ def test_reload_serves_the_new_champion_and_drops_no_request(server, examples):
     finally:
         done.set()
         asker.join()
-    assert reloaded["changed"] and reloaded["version"] == new.version
+    assert reloaded["changed"] and reloaded["version"] == str(new.version)
     assert statuses and all(statuses)
     listed = {entry["model"]: entry for entry in requests.get(f"{server}/models").json()}
-    assert listed["crf"]["version"] == new.version
+    assert listed["crf"]["version"] == str(new.version)
     again = requests.post(f"{server}/models/crf/reload", timeout=120).json()
     assert not again["changed"]
 
