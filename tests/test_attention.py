@@ -310,3 +310,13 @@ def test_three_labels_pyfunc_and_cli_answer_label_names(
     assert cli.main(["sentiment", "--model", str(out), "球队赢了"]) == 0
     probability, label = capsys.readouterr().out.strip().split("\t")
     assert label in {"money", "sport", "tech"} and 1 / 3 <= float(probability) <= 1
+
+
+def test_first_words_cuts_a_prefix_into_the_whole_texts_first_words():
+    from kexue.text.segmentation import Jieba
+
+    jieba = Jieba(hmm=SEGMENT["hmm"], user_dict=SEGMENT["user_dict"])
+    review = "质量很好，物流也快，推荐购买。" * 2000  # 28,000 characters
+    assert attention.first_words(jieba, review, 100) == jieba.cut(review)[:100]
+    assert attention.first_words(jieba, "  很好 ", 100) == jieba.cut("很好")  # shorter: all
+    assert attention.first_words(jieba, "", 100) == []

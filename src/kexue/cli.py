@@ -10,6 +10,7 @@ kexue digits seven.png pair.png       # the digit in each image, and the two bes
 kexue classify photo.jpg --top 3      # each image's best classes and probabilities (fine-tuned CNN)
 kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
 kexue repro --jobs 2                  # dvc repro, the model branches two at a time
+kexue serve                           # every champion over HTTP, and a page to try them
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import pandas as pd
 
 from kexue import params as project_params
-from kexue import registry, tracking
+from kexue import registry, serve, tracking
 from kexue.errors import KexueError
 
 
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "targets", nargs="*", help="stages to build (default: every branch of dvc.yaml)"
     )
     pipeline.set_defaults(run=repro)
+    serve.add_verb(verbs)
     return parser
 
 
