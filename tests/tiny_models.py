@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from test_attention import SEGMENT
-from test_full_profile import TINY, full_config, replaced
+from test_full_profile import TINY, full_config
 
 from kexue import models, params, registry, stats, tracking
 from kexue.text.segmentation import JiebaSettings
@@ -40,10 +40,14 @@ def train_and_export(name: str, root: Path) -> Path:
     config, vocab, model_dir = trained["config"], trained["vocab"], trained["model_dir"]
     metrics, scores = module.evaluate(config, trained["data"], vocab, model_dir, root / "plots")
     score = stats.model_figure(scores, module.SCORE)
-    extra = {"jieba": params.parse(JiebaSettings, SEGMENT, "segment")} if name == "attention" else {}
+    extra = (
+        {"jieba": params.parse(JiebaSettings, SEGMENT, "segment")} if name == "attention" else {}
+    )
     with tracking.stage_run(name, "export", {}, data_hash="tiny", description=module.DESCRIPTION):
         tracking.log_metrics({**metrics, module.SCORE: score})
-        info = registry.export_pyfunc(root / "pyfunc", module.pyfunc(config, vocab, model_dir, **extra))
+        info = registry.export_pyfunc(
+            root / "pyfunc", module.pyfunc(config, vocab, model_dir, **extra)
+        )
         registry.register_model(
             info, config.registered_name, module.DESCRIPTION, module.SCORE, score, {},
             lambda uri: score,

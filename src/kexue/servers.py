@@ -82,9 +82,10 @@ def serve(
     env: dict | None = None,
     stop_signal: int = signal.SIGTERM,
     user: str | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Run `command` in a new session until it is ready; signal its group after."""
-    with process_group(command, log, env, stop_signal=stop_signal, user=user) as process:
+    with process_group(command, log, env, cwd, stop_signal, user) as process:
         _wait_until_ready(process, ready, log, timeout)
         yield process
 
@@ -140,3 +141,19 @@ def served_model(model_uri: str | Path, log: Path, timeout: float = 120.0) -> It
     url = f"http://127.0.0.1:{port}"
     with serve(command, f"{url}/ping", log, timeout):
         yield f"{url}/invocations"
+
+
+@contextlib.contextmanager
+def kexue_serve(
+    project: Path, log: Path, models: dict[str, Path] | None = None, env: dict | None = None
+) -> Iterator[str]:
+    """`kexue serve --preload` on a free loopback port, run in `project` (its params.yaml),
+    serving the folders or URIs `models` names and the other models' champions; yields its
+    URL once every model is loaded."""
+    port = free_port()
+    command = [sys.executable, "-m", "kexue.cli", "serve", "--preload", "--port", str(port)]
+    for name, source in (models or {}).items():
+        command += ["--model", f"{name}={source}"]
+    url = f"http://127.0.0.1:{port}"
+    with serve(command, f"{url}/health", log, env=env, cwd=project):
+        yield url

@@ -95,6 +95,9 @@ class EvaluateConfig:
 class ServeConfig:
     batch_size: int
     max_request_chars: int
+    # Texts, queries or candidates per request: each costs an encoding, a query a ranking of
+    # the known phrases, whatever its length.
+    max_rows: int
     top_k: int
     max_top_k: int
 
@@ -541,6 +544,7 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.settings = context.model_config
+        self.max_chars = self.settings["max_request_chars"]
         self.encoder = Encoder.load(
             context.artifacts["model"], context.artifacts["vocab"], self.settings["batch_size"]
         )
@@ -560,7 +564,7 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
         if {"text", "query"} <= columns:
             raise serving.bad_request("give a column 'text' or a column 'query', not both")
         if "text" in columns:
-            texts = serving.text_column(model_input, "text", self.settings["max_request_chars"])
+            texts = self.rows(serving.text_column(model_input, "text", self.max_chars), "texts")
             return pd.DataFrame({"vector": [v.tolist() for v in self.encoder.vectors(texts)]})
         if "query" in columns:
             return self.rank(
@@ -574,8 +578,17 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
             "'candidates' (-> ranked, scores); the input has neither"
         )
 
+    def rows(self, items: list, what: str) -> list:
+        """`items`, refused (HTTP 400) when there are more than the model's `max_rows`."""
+        limit = self.settings["max_rows"]
+        if len(items) > limit:
+            raise serving.bad_request(
+                f"input has {len(items)} {what}; the limit per request is {limit}"
+            )
+        return items
+
     def rank(self, model_input: pd.DataFrame, top_k: int) -> pd.DataFrame:
-        queries = serving.text_column(model_input, "query", self.settings["max_request_chars"])
+        queries = self.rows(serving.text_column(model_input, "query", self.max_chars), "queries")
         query_vectors = self.encoder.vectors(queries)
         if "candidates" not in model_input.columns:
             phrases, vectors = self.known_phrases()
@@ -584,7 +597,8 @@ class SimilarityPyfunc(mlflow.pyfunc.PythonModel):
                 for q, text in zip(query_vectors, queries, strict=True)
             ]
         else:
-            lists = candidate_lists(model_input["candidates"], self.settings["max_request_chars"])
+            lists = candidate_lists(model_input["candidates"], self.max_chars)
+            self.rows([c for candidates in lists for c in candidates], "candidates")
             vectors = self.encoder.vectors([c for candidates in lists for c in candidates])
             ends = np.cumsum([len(c) for c in lists])
             rows = [
@@ -648,6 +662,7 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
         "model_config": {
             "batch_size": config.serve.batch_size,
             "max_request_chars": config.serve.max_request_chars,
+            "max_rows": config.serve.max_rows,
             "top_k": config.serve.top_k,
             "max_top_k": config.serve.max_top_k,
         },

@@ -24,7 +24,9 @@ def settings(args: argparse.Namespace):
     from kexue.serve.app import Settings
 
     path = tracking.project_root() / "params.yaml"
-    values = project_params.parse(Settings, project_params.block(project_params.load(path), "serve"), "serve")
+    values = project_params.parse(
+        Settings, project_params.block(project_params.load(path), "serve"), "serve"
+    )
     overrides = {"host": args.host, "port": args.port, "poll_seconds": args.poll}
     if args.preload:
         overrides["preload"] = True

@@ -138,4 +138,3 @@ async def poll(slots: dict[str, Slot], seconds: float) -> None:
         for slot in slots.values():
             if slot.loaded is not None and slot.source is None:
                 await asyncio.to_thread(slot.reload)
-

@@ -90,9 +90,7 @@ class Slot:
         try:
             if self.source is None:
                 found = client.get_model_version_by_alias(self.registered_name, registry.CHAMPION)
-                return registry.version_uri(self.registered_name, found.version), str(
-                    found.version
-                )
+                return registry.version_uri(self.registered_name, found.version), str(found.version)
             name, _, version = self.source.removeprefix("models:/").partition("/")
             return self.source, str(client.get_model_version(name, version).version)
         except mlflow.exceptions.MlflowException as err:
