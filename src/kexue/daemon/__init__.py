@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kexue.errors import KexueError
 
-STATE = (".kexue", "daemon.json")  # under the project: {pid, socket, tracking_uri}
+STATE = (".kexue", "daemon.json")  # under the project: {pid, socket, **identity()}
 LOG = (".kexue", "daemon.log")
 START_LOCK = (".kexue", "daemon.lock")
 # The route of the daemon that answers a model call (kexue.invoke's format).
@@ -137,34 +137,46 @@ def _daemon() -> dict:
     if state is not None and not _alive(state["pid"]):
         _forget(state)  # the next call starts a new one
         raise Unavailable(f"the daemon (pid {state['pid']}) has exited")
-    if _serves_this_store(state):
+    if _compatible(state):
         return state
     lock_path = _root().joinpath(*START_LOCK)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one start at a time; the others use it
         state = read_state()
-        if _serves_this_store(state):
+        if _compatible(state):
             return state
-        if state is not None:  # another store's (MLFLOW_TRACKING_URI changed), or just died
+        if state is not None:  # another store's or kexue's, or it just died
             stop(state)
         return _start()
 
 
-def _serves_this_store(state: dict | None) -> bool:
+def identity() -> dict:
+    """What a daemon must share with the caller to answer for it: the store, the Python and
+    the kexue it runs."""
+    from kexue import __version__
     from kexue.tracking import tracking_uri
 
-    return state is not None and _alive(state["pid"]) and state["tracking_uri"] == tracking_uri()
+    return {"tracking_uri": tracking_uri(), "python": sys.executable, "kexue": __version__}
+
+
+def _compatible(state: dict | None) -> bool:
+    return (
+        state is not None
+        and _alive(state["pid"])
+        and all(state.get(key) == value for key, value in identity().items())
+    )
 
 
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or the pid is another user's now
         return False
-    except PermissionError:  # a pid reused by another user's process
-        return False
-    return True
+    try:  # an exited child its parent has not reaped yet (Linux): gone too
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _start() -> dict:

@@ -237,7 +237,7 @@ def run() -> None:
     listener = bind(path)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     threading.Thread(target=_exit_when_idle, args=(server, idle, settings), daemon=True).start()
-    state = {"pid": os.getpid(), "socket": str(path), "tracking_uri": tracking_uri()}
+    state = {"pid": os.getpid(), "socket": str(path), **daemon.identity()}
     io.write_json(daemon.state_file(), state)  # the socket listens: callers may connect
     try:
         server.run(sockets=[listener])
