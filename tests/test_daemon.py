@@ -25,7 +25,7 @@ from kexue.models import crf
 
 pytestmark = pytest.mark.slow
 
-HEAVY = ("tensorflow", "mlflow", "pandas")
+HEAVY = ("tensorflow", "mlflow", "pandas", "numpy")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_a_killed_daemon_is_reported_once_and_the_call_answers_in_process(daemon
     kexue(daemons, "segment", "散步")  # a daemon is up
     pid = daemon.read_state()["pid"]
     os.killpg(pid, signal.SIGKILL)
-    while daemon._alive(pid):
+    while daemon.alive(pid):
         time.sleep(daemon.POLL_SECONDS)
     code, out, err = kexue(daemons, "segment", "散步")
     assert (code, out) == kexue(daemons, "segment", "--no-daemon", "散步")[:2]
@@ -186,7 +186,7 @@ def test_the_daemon_listens_on_its_user_only_socket_and_nothing_else(daemons):
     assert not sockets & listening
 
 
-def test_a_warm_call_imports_neither_tensorflow_nor_mlflow_nor_pandas(daemons):
+def test_a_warm_call_imports_no_tensorflow_mlflow_pandas_or_numpy(daemons):
     kexue(daemons, "segment", "散步")  # a daemon is up
     check = (
         "import sys; from kexue import cli; code = cli.main(['segment', '散步']); "
@@ -204,5 +204,5 @@ def test_status_names_the_daemon_and_stop_ends_it(daemons):
     code, out, _ = kexue(daemons, "daemon", "status")
     assert code == 0 and out.startswith(f"pid {pid}, socket ") and "crf\tversion " in out
     assert kexue(daemons, "daemon", "stop")[:2] == (0, f"stopped the daemon (pid {pid})\n")
-    assert not daemon._alive(pid) and daemon.read_state() is None
+    assert not daemon.alive(pid) and daemon.read_state() is None
     assert kexue(daemons, "daemon", "status")[:2] == (0, "no daemon\n")

@@ -90,7 +90,7 @@ def socket_path(root: Path) -> Path:
 
 
 def read_state() -> dict | None:
-    """The running daemon's {pid, socket, tracking_uri}, or None when there is none."""
+    """The running daemon's {pid, socket, **identity()}, or None when there is none."""
     try:
         return json.loads(state_file().read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -134,7 +134,7 @@ def _daemon() -> dict:
     import fcntl
 
     state = read_state()
-    if state is not None and not _alive(state["pid"]):
+    if state is not None and not alive(state["pid"]):
         _forget(state)  # the next call starts a new one
         raise Unavailable(f"the daemon (pid {state['pid']}) has exited")
     if _compatible(state):
@@ -163,12 +163,12 @@ def identity() -> dict:
 def _compatible(state: dict | None) -> bool:
     return (
         state is not None
-        and _alive(state["pid"])
+        and alive(state["pid"])
         and all(state.get(key) == value for key, value in identity().items())
     )
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # gone, or the pid is another user's now
@@ -238,7 +238,7 @@ def stop(state: dict) -> bool:
         _forget(state)
         return False
     deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while _alive(state["pid"]) and time.monotonic() < deadline:
+    while alive(state["pid"]) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
     _forget(state)
     return True
@@ -247,7 +247,7 @@ def stop(state: dict) -> bool:
 def status() -> dict | None:
     """The daemon's state and the models it serves (GET /models), or None."""
     state = read_state()
-    if state is None or not _alive(state["pid"]):
+    if state is None or not alive(state["pid"]):
         return None
     connection = UnixConnection(state["socket"], timeout=STOP_WAIT_SECONDS)
     try:

@@ -216,6 +216,9 @@ def run() -> None:
     from kexue.tracking import project_root, tracking_uri
 
     root = project_root()
+    running = daemon.read_state()
+    if running is not None and daemon.alive(running["pid"]):
+        raise KexueError(f"a daemon (pid {running['pid']}) serves this folder already")
     loaded = project_params.load(root / "params.yaml")
     settings = project_params.parse(Settings, project_params.block(loaded, "daemon"), "daemon")
     served = project_params.parse(ServeSettings, project_params.block(loaded, "serve"), "serve")
