@@ -38,10 +38,12 @@ def daemons(project):  # noqa: F811
         patch.setenv("KEXUE_DAEMON", "1")
         yield started
     state = daemon.read_state()
-    started |= {state["pid"]} if state else set()
+    if state:
+        daemon.stop(state)  # SIGTERM: it removes its socket and state
     for pid in started:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    daemon.socket_path(project[0].resolve()).unlink(missing_ok=True)
 
 
 def kexue(daemons: set, *argv: str) -> tuple[int, str, str]:
