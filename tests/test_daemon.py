@@ -19,9 +19,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
+from conftest import REPO
 from test_serve import project  # noqa: F401  the eight tiny models, each version 1 and champion
 
-from kexue import cli, daemon, registry, tracking
+from kexue import cli, daemon, params, registry, tracking
 from kexue.models import crf
 
 pytestmark = pytest.mark.slow
@@ -217,6 +219,25 @@ def test_status_names_the_daemon_and_stop_ends_it(daemons):
     pid = daemon.read_state()["pid"]
     code, out, _ = kexue(daemons, "daemon", "status")
     assert code == 0 and out.startswith(f"pid {pid}, socket ") and "crf\tversion " in out
+    socket_file = Path(daemon.read_state()["socket"])
     assert kexue(daemons, "daemon", "stop")[:2] == (0, f"stopped the daemon (pid {pid})\n")
-    assert not daemon.alive(pid) and daemon.read_state() is None
+    assert not daemon.alive(pid) and daemon.read_state() is None and not socket_file.exists()
     assert kexue(daemons, "daemon", "status")[:2] == (0, "no daemon\n")
+
+
+def test_an_idle_daemon_exits_by_itself(tmp_path, monkeypatch, daemons):
+    """In a project of its own with no models (the call fails as it would in process) whose
+    params.yaml gives the daemon a second of idle time."""
+    loaded = params.load(REPO / "params.yaml")
+    loaded["daemon"]["idle_seconds"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(loaded, allow_unicode=True))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    code, _, err = kexue(daemons, "segment", "今天")
+    assert code == 1 and err.startswith("kexue: cannot load model models:/kexue-crf@champion")
+    state = daemon.read_state()
+    daemons.add(state["pid"])
+    deadline = time.monotonic() + 60
+    while daemon.alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(daemon.POLL_SECONDS)
+    assert daemon.read_state() is None and not Path(state["socket"]).exists()

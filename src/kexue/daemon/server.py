@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -241,6 +243,9 @@ def run() -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     threading.Thread(target=_exit_when_idle, args=(server, idle, settings), daemon=True).start()
     state = {"pid": os.getpid(), "socket": str(path), **daemon.identity()}
+    # SIGTERM ends the process through the `finally` below: uvicorn stops on it, then raises
+    # it again once it has, with the handler it found in place.
+    signal.signal(signal.SIGTERM, _exit)
     io.write_json(daemon.state_file(), state)  # the socket listens: callers may connect
     try:
         server.run(sockets=[listener])
@@ -250,6 +255,10 @@ def run() -> None:
             daemon.state_file().unlink(missing_ok=True)
         if left in (state, None):
             path.unlink(missing_ok=True)
+
+
+def _exit(signum, frame) -> None:
+    sys.exit(0)
 
 
 def _exit_when_idle(server, idle: Idle, settings: Settings) -> None:
