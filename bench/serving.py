@@ -125,9 +125,13 @@ def largest_requests(model: str, limits: dict) -> dict[str, dict]:
     raise ValueError(f"no largest request for {model}")
 
 
-def compare_all(models_dir: Path, loop: dict) -> None:
+def compare_all(models_dir: Path, loop: dict, rounds: int) -> None:
     """One short request a model (its serving example) through one `kexue serve` of all
-    eight and through `mlflow models serve` of each; then each model's largest requests."""
+    eight and through `mlflow models serve` of the model, both up at once and timed in
+    alternating rounds (the load of a shared machine moves); then each model's largest
+    requests through `kexue serve`."""
+    from mlflow.models import Model
+
     folders = {m: (models_dir / m / "pyfunc").resolve() for m in MODELS}
     missing = [str(f) for f in folders.values() if not f.is_dir()]
     if missing:
@@ -135,37 +139,47 @@ def compare_all(models_dir: Path, loop: dict) -> None:
     examples = {
         m: json.loads((f / "serving_input_example.json").read_text()) for m, f in folders.items()
     }
+    each_round = {
+        **loop,
+        "count": max(1, loop["count"] // rounds),
+        "seconds": loop["seconds"] / rounds,
+    }
     rows, largest = {}, []
     with (
         tempfile.TemporaryDirectory(prefix="kexue-bench-") as folder,
         requests.Session() as session,
+        kexue_serve(REPO, Path(folder) / "kexue.log", folders) as url,
     ):
-        log = Path(folder)
-        with kexue_serve(REPO, log / "kexue.log", folders) as url:
-            for model in MODELS:
-                rows[model] = [
-                    timed_posts(session, f"{url}/models/{model}/invocations", examples[model], loop)
-                ]
-            for model in MODELS:
-                limits = mlflow.pyfunc.load_model(str(folders[model])).model_config
-                for case, body in largest_requests(model, limits).items():
-                    start = time.perf_counter()
-                    answer = session.post(
-                        f"{url}/models/{model}/invocations", json=body, timeout=600
-                    )
-                    largest.append(
-                        (
-                            model,
-                            case,
-                            len(json.dumps(body)),
-                            time.perf_counter() - start,
-                            answer.status_code,
+        for model in MODELS:
+            ours, theirs = [], []
+            with served_model(folders[model], Path(folder) / f"{model}.log") as invocations:
+                for _ in range(rounds):
+                    ours.append(
+                        timed_posts(
+                            session,
+                            f"{url}/models/{model}/invocations",
+                            examples[model],
+                            each_round,
                         )
                     )
+                    theirs.append(timed_posts(session, invocations, examples[model], each_round))
+            rows[model] = np.concatenate(ours), np.concatenate(theirs)
         for model in MODELS:
-            with served_model(folders[model], log / f"{model}.log") as invocations:
-                rows[model].append(timed_posts(session, invocations, examples[model], loop))
-    print(f"one short request a model (serving_input_example.json), p50 / p95 ms, {loop}")
+            limits = Model.load(str(folders[model])).flavors["python_function"]["config"]
+            for case, body in largest_requests(model, limits).items():
+                start = time.perf_counter()
+                answer = session.post(f"{url}/models/{model}/invocations", json=body, timeout=600)
+                largest.append(
+                    (
+                        model,
+                        case,
+                        len(json.dumps(body)),
+                        time.perf_counter() - start,
+                        answer.status_code,
+                    )
+                )
+    print(f"one short request a model (its serving example), p50 / p95 ms; {rounds} rounds:")
+    print(f"kexue serve, then mlflow models serve, each {each_round}")
     print(f"{'model':12}{'kexue serve':>18}{'mlflow serve':>18}{'p50 ratio':>11}")
     for model, (ours, theirs) in rows.items():
         cells = [
@@ -198,10 +212,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--all", action="store_true", help="every model: kexue vs mlflow serve")
     parser.add_argument("--models-dir", type=Path, default=REPO / "models", help="with --all")
+    parser.add_argument("--rounds", type=int, default=5, help="with --all: alternating rounds")
     args = parser.parse_args()
     loop = {"warmup": args.warmup, "count": args.requests, "seconds": args.seconds}
     if args.all:
-        compare_all(args.models_dir, loop)
+        compare_all(args.models_dir, loop, args.rounds)
         return
 
     frame, predict_params = frame_and_params(args.request)

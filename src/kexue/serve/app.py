@@ -40,7 +40,17 @@ class RequestError(Exception):
         self.status = status
 
 
-def error(status: int, message: str, code: str = "BAD_REQUEST") -> JSONResponse:
+# MLflow's error codes for the refusals this server makes itself.
+_ERROR_CODES = {
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "REQUEST_LIMIT_EXCEEDED",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+
+def error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """MLflow's error JSON, the message on one line."""
+    code = code or _ERROR_CODES.get(status, "BAD_REQUEST")
     return JSONResponse({"error_code": code, "message": one_line(message)}, status_code=status)
 
 
