@@ -5,7 +5,7 @@ project's Unix socket, plus the route the CLI's model verbs call. That route ans
 - the champion: its version is read on every call, and a slot whose version is not it
   reloads first, so a call after the alias moved gets the new version. On a local SQLite
   store the version is one SELECT on MLflow's alias table (one or two milliseconds, MLflow's
-  lookup four to ten even warm: bench/cli.py); on any other store, or if that read fails,
+  lookup three to ten even warm: bench/cli.py); on any other store, or if that read fails,
   MLflow's lookup, held for `alias_cache_seconds`;
 - a --model folder (reloaded when its MLmodel file changes) or URI (kept: a version and a
   run do not change; an alias URI is loaded on each call).
