@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The CLI answers in the test process; tests/test_daemon.py turns its daemon on.
+os.environ.setdefault("KEXUE_DAEMON", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 # The loopback HTTP file server fixture (`server`) of the download tests.

@@ -11,17 +11,20 @@ kexue classify photo.jpg --top 3      # each image's best classes and probabilit
 kexue poem -n 5 --temperature 0.8     # five new couplets (CNN + VAE), traditional characters
 kexue repro --jobs 2                  # dvc repro, the model branches two at a time
 kexue serve                           # every champion over HTTP, and a page to try them
+kexue daemon status                   # the background server the verbs above answer from
+
+The model verbs ask a background `kexue serve` on a socket of this user's (started on first
+use, it exits after params.yaml `daemon.idle_seconds`), so only the first call loads a model;
+--no-daemon (or KEXUE_DAEMON=0) answers in this process instead. docs/cli.md
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 
-import pandas as pd
-
-from kexue import params as project_params
-from kexue import registry, serve, tracking
+from kexue import daemon, invoke, serve
 from kexue.errors import KexueError
 
 
@@ -29,6 +32,9 @@ def registered_name(model: str) -> str:
     """The name params.yaml registers `model` by (`<model>.registered_name` of the project
     the command runs in; `kexue-<model>` outside one), so a project that renames its models
     still finds them."""
+    from kexue import params as project_params
+    from kexue import tracking
+
     name = f"kexue-{model}"
     path = tracking.project_root() / "params.yaml"
     loaded = project_params.load(path) if path.is_file() else {}
@@ -39,18 +45,17 @@ def registered_name(model: str) -> str:
 
 def champion(model: str) -> str:
     """The champion's URI under the name params.yaml registers `model` by."""
+    from kexue import registry
+
     return registry.champion_uri(registered_name(model))
 
 
-def _load(model_uri: str):
-    mlflow = tracking.connect()
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as err:
-        raise KexueError(
-            f"cannot load model {model_uri}: {err.message.splitlines()[0]} "
-            "(run `dvc repro` first, or pass --model PATH_OR_URI)"
-        ) from None
+def _ask(args: argparse.Namespace, request: dict) -> dict:
+    """The answer to a model call (`kexue.invoke`) from the daemon, or from this process."""
+    request["source"] = args.model
+    if args.no_daemon or not daemon.wanted():
+        return invoke.run(request)
+    return daemon.ask(request)
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
@@ -63,41 +68,29 @@ def segment(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or champion("crf"))
-    for words in model.predict(pd.DataFrame({"text": texts}))["words"]:
-        print(" ".join(words))
+    for row in _ask(args, invoke.call("crf", {"text": texts}))["records"]:
+        print(" ".join(row["words"]))
 
 
 def title(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or champion("title"))
     params = {} if args.beam_width is None else {"beam_width": args.beam_width}
-    for generated in _predict(model, pd.DataFrame({"text": texts}), params)["title"]:
-        print(generated)
-
-
-def _predict(model, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
-    try:
-        return model.predict(frame, params=params)
-    except Exception as err:  # the pyfunc's 400s (MlflowException) and schema errors alike
-        raise KexueError(" ".join(str(err).split())[:300]) from None
+    for row in _ask(args, invoke.call("title", {"text": texts}, params))["records"]:
+        print(row["title"])
 
 
 def similar(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or champion("similarity"))
     params = {} if args.top is None else {"top_k": args.top}
-    found = _predict(model, pd.DataFrame({"query": texts}), params)
-    for i, (text, phrases, scores) in enumerate(
-        zip(texts, found["ranked"], found["scores"], strict=True)
-    ):
+    found = _ask(args, invoke.call("similarity", {"query": texts}, params))["records"]
+    for i, (text, row) in enumerate(zip(texts, found, strict=True)):
         if len(texts) > 1:  # several queries: a blank line and a header before each
             print(f"\n# {text}" if i else f"# {text}")
-        for phrase, score in zip(phrases, scores, strict=True):
+        for phrase, score in zip(row["ranked"], row["scores"], strict=True):
             print(f"{phrase}\t{score:.4f}")
 
 
@@ -105,15 +98,15 @@ def sentiment(args: argparse.Namespace) -> None:
     texts = _texts(args)
     if not texts:
         return
-    model = _load(args.model or champion("attention"))
-    labels = model.model_config["labels"]
-    found = _predict(model, pd.DataFrame({"text": texts}), {})
-    if len(labels) == 2:  # one column: the second label's probability
-        for probability in found[labels[1]]:
+    found = _ask(args, invoke.call("attention", {"text": texts}, config=["labels"]))
+    labels = found["config"]["labels"]
+    for row in found["records"]:
+        if len(labels) == 2:  # one column: the second label's probability
+            probability = row[labels[1]]
             print(f"{probability:.4f}\t{labels[1] if probability >= 0.5 else labels[0]}")
-        return
-    for label, probability in zip(found.idxmax(axis=1), found.max(axis=1), strict=True):
-        print(f"{probability:.4f}\t{label}")
+        else:  # a column per label: the likeliest (the first of equals)
+            label = max(row, key=row.get)
+            print(f"{row[label]:.4f}\t{label}")
 
 
 def ode(args: argparse.Namespace) -> None:
@@ -126,32 +119,32 @@ def ode(args: argparse.Namespace) -> None:
             times.append(float(text))
         except ValueError:
             raise KexueError(f"a time must be a number, got {text!r}") from None
-    model = _load(args.model or champion("ode"))
     start = {name: value for name, value in (("x1", args.x1), ("x2", args.x2)) if value is not None}
+    found = _ask(args, invoke.call("ode", {"t": times}, start))["records"]
     print("t\tx1\tx2")
-    for row in _predict(model, pd.DataFrame({"t": times}), start).itertuples(index=False):
-        print(f"{row.t:g}\t{row.x1:.4f}\t{row.x2:.4f}")
+    for row in found:
+        print(f"{row['t']:g}\t{row['x1']:.4f}\t{row['x2']:.4f}")
 
 
-def _read_images(paths: list[str]) -> list[bytes]:
+def _read_images(paths: list[str]) -> list[str]:
+    """Each file's bytes, base64 (a call is JSON)."""
     images = []
     for path in paths:
         try:
             with open(path, "rb") as file:
-                images.append(file.read())
+                images.append(base64.b64encode(file.read()).decode("ascii"))
         except OSError as err:
             raise KexueError(f"{path}: cannot read the image ({err.strerror})") from None
     return images
 
 
 def _predict_images(args: argparse.Namespace, model_name: str, params: dict):
-    """(paths, predictions) of the image files named on the command line or stdin."""
+    """(paths, prediction records) of the image files named on the command line or stdin."""
     paths = _texts(args)
     if not paths:
-        return [], None
-    images = _read_images(paths)
-    model = _load(args.model or champion(model_name))
-    return paths, _predict(model, pd.DataFrame({"image": images}), params)
+        return [], []
+    request = invoke.call(model_name, {"image": _read_images(paths)}, params, binary=["image"])
+    return paths, _ask(args, request)["records"]
 
 
 def classify(args: argparse.Namespace) -> None:
@@ -159,9 +152,8 @@ def classify(args: argparse.Namespace) -> None:
     paths, found = _predict_images(args, "dogs", params)
     if not paths:
         return
-    for path, classes, probabilities in zip(
-        paths, found["classes"], found["probabilities"], strict=True
-    ):
+    for path, row in zip(paths, found, strict=True):
+        classes, probabilities = row["classes"], row["probabilities"]
         ranked = ",".join(f"{c}:{p:.4f}" for c, p in zip(classes, probabilities, strict=True))
         print(f"{path}\t{classes[0]}\t{probabilities[0]:.4f}\t{ranked}")
 
@@ -170,8 +162,9 @@ def digits(args: argparse.Namespace) -> None:
     paths, found = _predict_images(args, "capsule", {})
     if not paths:
         return
-    for path, label, top2 in zip(paths, found["label"], found["top2_labels"], strict=True):
-        print(f"{path}\t{label}\t{top2[0]},{top2[1]}")
+    for path, row in zip(paths, found, strict=True):
+        top2 = row["top2_labels"]
+        print(f"{path}\t{row['label']}\t{top2[0]},{top2[1]}")
 
 
 def poem(args: argparse.Namespace) -> None:
@@ -180,8 +173,7 @@ def poem(args: argparse.Namespace) -> None:
     for name in ("temperature", "seed"):
         if getattr(args, name) is not None:
             request[name] = [getattr(args, name)]
-    model = _load(args.model or champion("poet"))
-    for couplet in _predict(model, pd.DataFrame(request), {})["poems"][0]:
+    for couplet in _ask(args, invoke.call("poet", request))["records"][0]["poems"]:
         print(convert(couplet) if convert else couplet)
 
 
@@ -258,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     poems.add_argument(
         "--simplified", action="store_true", help="show simplified characters (needs OpenCC)"
     )
-    poems.add_argument("--model", help=f"model URI or folder (default: {champion('poet')})")
+    _add_model_options(poems, "poet")
     poems.set_defaults(run=poem)
     pipeline = verbs.add_parser(
         repro.__name__,
@@ -270,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(run=repro)
     serve.add_verb(verbs)
+    daemon.add_verb(verbs)
     return parser
 
 
@@ -277,12 +270,21 @@ def _add_verb(verbs, run, help: str, action: str, model_name: str):
     """A verb that runs a registered model on texts from the command line or stdin."""
     verb = verbs.add_parser(run.__name__, help=help)
     verb.add_argument("text", nargs="*", help=f"texts to {action}; read from stdin when absent")
-    verb.add_argument(
-        "--model",
-        help=f"model URI or folder (default: {champion(model_name)})",
-    )
+    _add_model_options(verb, model_name)
     verb.set_defaults(run=run)
     return verb
+
+
+def _add_model_options(verb, model_name: str) -> None:
+    # The help does not read params.yaml: the daemon's client starts without a YAML parser.
+    verb.add_argument(
+        "--model",
+        help="model URI or folder (default: the registry's champion of params.yaml's "
+        f"{model_name}.registered_name, else kexue-{model_name})",
+    )
+    verb.add_argument(
+        "--no-daemon", action="store_true", help="load the model in this process (seconds)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

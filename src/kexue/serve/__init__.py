@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from kexue import params as project_params
-from kexue import tracking
 from kexue.errors import KexueError
 from kexue.models import MODELS
 
 
 def settings(args: argparse.Namespace):
     """The `serve` block of the project's params.yaml, with the command line's overrides."""
+    from kexue import params as project_params
+    from kexue import tracking
     from kexue.serve.app import Settings
 
     path = tracking.project_root() / "params.yaml"
