@@ -3,8 +3,9 @@ DVC and MLflow in a tiny copy of the project. The user's file or folder is writt
 layout the recipe documents and `dvc add`-ed, the recipe's `dvc exp run -S ...` builds the
 model's branch and nothing else, and the registered version names the data by its sha256
 (tag `data.sources`, printed by `python -m kexue.lineage`). Replacing the data and
-`dvc add`-ing it again makes the branch's reader stale, `dvc repro` reruns exactly the
-branch, and the champion rule decides between the two versions.
+`dvc add`-ing it again makes the branch's reader stale and the branch after it; for the
+crf, capsule and ode recipes `dvc repro` then reruns exactly the branch, and the champion
+rule decides between the two versions.
 
 A case is a `Recipe`: a function writing version 1 or 2 of the data, the recipe's params,
 the model's own tests' tiny sizes (seconds per stage) and the branch. Minutes in all:
@@ -51,6 +52,10 @@ class Recipe:
     # instead), written once, and the stages that make inputs of them on the first build.
     stand_in_files: tuple[tuple[str, str], ...] = ()
     first_build_only: tuple[str, ...] = ()
+    # Rebuilt on the replaced data, and the champion rule decides: a few recipes show it for
+    # all (test_registry tests the rule itself); the others stop where DVC finds the branch
+    # stale, which is all that differs between them.
+    rebuilt: bool = False
 
 
 def corpus(path: Path, version: int) -> None:
@@ -127,6 +132,7 @@ RECIPES = [
         {"crf.corpus": "data/my_corpus.txt"},
         {key: value for key, value in TINY_CRF.items() if key != "crf.corpus"},
         branch("crf", *TEXT_STAGES),
+        rebuilt=True,
     ),
     Recipe(
         "title",
@@ -191,6 +197,7 @@ RECIPES = [
         branch("capsule", "prepare", "train", "baseline", "evaluate", "export"),
         unread_fetches=("fetch@mnist",),
         new_class=True,
+        rebuilt=True,
     ),
     Recipe(
         "dogs",
@@ -261,6 +268,7 @@ RECIPES = [
         },
         {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20},
         branch("ode", "prepare", "train", "evaluate", "export"),
+        rebuilt=True,
     ),
 ]
 
@@ -317,7 +325,7 @@ def chosen_by_the_rule(recipe: Recipe, tags: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[recipe.model for recipe in RECIPES])
-def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path):
+def test_recipe_builds_registers_and_replaced_data_makes_the_branch_stale(recipe, tmp_path):
     name = f"kexue-{recipe.model}"
     repo = make_project(tmp_path / "project", recipe.tiny, corpus_lines=0)
     if recipe.unread_fetches:
@@ -348,12 +356,13 @@ def test_recipe_trains_registers_and_retrains_on_replaced_data(recipe, tmp_path)
     assert newly_stale == {recipe.branch[0]}
     assert downstream(repo, f"export_{recipe.model}", newly_stale) == set(recipe.branch)
 
-    rebuilt = run(repo, "dvc", "repro", f"export_{recipe.model}")
-    assert sorted(stages_run(rebuilt.stdout)) == sorted(recipe.branch)
-    tags, champion = registry(repo, name)
-    assert sorted(tags) == ["1", "2"]
-    assert json.loads(tags["2"][tracking.SOURCES_TAG]) == {recipe.data: second}
-    assert champion == chosen_by_the_rule(recipe, tags["2"])
+    if recipe.rebuilt:
+        rebuilt = run(repo, "dvc", "repro", f"export_{recipe.model}")
+        assert sorted(stages_run(rebuilt.stdout)) == sorted(recipe.branch)
+        tags, champion = registry(repo, name)
+        assert sorted(tags) == ["1", "2"]
+        assert json.loads(tags["2"][tracking.SOURCES_TAG]) == {recipe.data: second}
+        assert champion == chosen_by_the_rule(recipe, tags["2"])
 
     # The documented way to see it: the champion and the data it was made from.
     lineage = run(repo, "python", "-m", "kexue.lineage", recipe.model).stdout
