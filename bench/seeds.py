@@ -65,7 +65,7 @@ def run_seed(seed: int, models: list[str], cache_dir: Path) -> dict[str, dict[st
         params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
         params["runtime"]["seed"] = seed
         params_file.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
-        total, _ = timed_repro([f"evaluate_{m}" for m in models], clone, env)
+        total = timed_repro([f"evaluate_{m}" for m in models], clone, env).seconds
         print(f"seed {seed}: {total / 60:.1f} min", flush=True)
         return {m: figures(io.read_json(clone / "metrics" / f"{m}.json")) for m in models}
 

@@ -257,7 +257,7 @@ def test_pyfunc_answers_png_and_jpeg_of_odd_sizes_and_base64(pyfunc_dir):
         (3.5, "row 0: 'image' must be PNG/JPEG bytes or base64 text, got float"),
         (
             encoded(np.zeros((9000, 5000), np.uint8), "PNG"),
-            "row 0: 'image' is 5000 x 9000 pixels; the limit is 40000000 pixels",
+            "row 0: 'image' is 5000 x 9000 pixels; the limit is 4000000 pixels",
         ),
     ],
     ids=["corrupt-png", "not-an-image", "bad-base64", "number", "too-large"],
