@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny learnable corpus and a tiny trained segmenter (seconds to build)."""
+"""Shared fixtures: a tiny learnable corpus and a tiny trained segmenter (seconds to build);
+the eight tiny default-size models in a store; the order and grouping of the test files."""
 
 import dataclasses
 import functools
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,46 @@ def train_tiny(
         root / "curves.csv",
     )
     return {"root": root, "config": config, "counts": counts, "summary": summary, **paths}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_store(tmp_path_factory):
+    """The eight models at default sizes, trained a few steps (tests/tiny_models.py), each
+    version 1 and `champion` in a SQLite store: (its folder, {model: its pyfunc folder}).
+    Built once per test process; `tiny_model_project` gives each user its own store."""
+    from tiny_models import build_all
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+        patch.chdir(root)
+        return root, build_all(root / "models")
+
+
+def tiny_model_project(store: tuple[Path, dict], root: Path) -> tuple[Path, dict]:
+    """A project folder `root` (params.yaml, a copy of the tiny models' SQLite store) whose
+    store holds the eight models, each version 1 and champion: what one test file may change
+    (new versions, a moved alias) without another seeing it. The copied store still names
+    the model files under the built store's folder, which nothing writes to."""
+    built, pyfuncs = store
+    shutil.copy(REPO / "params.yaml", root)
+    shutil.copy(built / "mlruns.db", root / "mlruns.db")
+    return root, pyfuncs
+
+
+def pytest_collection_modifyitems(config, items):
+    """Two test processes share the suite (pyproject's addopts, `--dist loadgroup`): a file's
+    tests run in one process, so its module fixtures are built once, unless the file marks
+    them `independent` (either process takes each) or names its own `xdist_group` (files
+    sharing a fixture). Files with slow tests go first (each file's tests keep their order),
+    so no process is left alone with a long file at the end while the other has nothing to
+    do."""
+    for item in items:
+        grouped = item.get_closest_marker("xdist_group") or item.get_closest_marker("independent")
+        if grouped is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from test_serve import project  # noqa: F401  the eight tiny models, each versio
 from kexue import cli, daemon, params, registry, tracking
 from kexue.models import crf
 
-pytestmark = pytest.mark.slow
+# One process runs this file and tests/test_serve.py: the tiny models are built once for both.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_models")]
 
 HEAVY = ("tensorflow", "mlflow", "pandas", "numpy")
 

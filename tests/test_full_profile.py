@@ -174,6 +174,7 @@ TINY = {
 
 @pytest.mark.slow
 @pytest.mark.full_profile
+@pytest.mark.independent
 @pytest.mark.parametrize("name", models.MODELS)
 def test_full_profile_builds_and_trains_on_the_cpu(name, tmp_path):
     trained = TINY[name](full_config(name), tmp_path)

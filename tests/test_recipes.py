@@ -9,7 +9,7 @@ rule decides between the two versions.
 
 A case is a `Recipe`: a function writing version 1 or 2 of the data, the recipe's params,
 the model's own tests' tiny sizes (seconds per stage) and the branch. Minutes in all:
-`pytest -m recipes` (not part of `pytest`)."""
+`pytest -m recipes` runs only these."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from test_title import tiny_pairs, write_jsonl
 
 from kexue import io, stats, tracking
 
-pytestmark = pytest.mark.recipes
+pytestmark = [pytest.mark.recipes, pytest.mark.slow, pytest.mark.independent]
 
 
 @dataclass(frozen=True)

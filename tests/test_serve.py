@@ -1,5 +1,5 @@
 """`kexue serve` on 127.0.0.1 over the eight models (default sizes, trained on tiny data by
-tests/tiny_models.py) in a store of their own, one server for the whole file: the page in
+tests/tiny_models.py) in a copy of their store, one server for the whole file: the page in
 headless Chromium, answers equal to the in-process pyfunc's, a mixed stream of good and bad
 requests, reload after `champion` moves, and each model's largest legal request (its timing
 is bench/serving.py's). KEXUE_SERVE_SCREENSHOT=docs/serve.png keeps the page's screenshot."""
@@ -18,27 +18,26 @@ import mlflow
 import pytest
 import requests
 from browser import Tab
-from conftest import REPO
-from tiny_models import build_all
+from conftest import REPO, tiny_model_project
 
 from kexue import params, registry
 from kexue.models import MODELS
 from kexue.serve.slots import Slot
 from kexue.servers import kexue_serve
 
-pytestmark = pytest.mark.slow
+# One process runs this file and tests/test_daemon.py: the tiny models are built once for both.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_models")]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A project folder (params.yaml, a SQLite store) whose store holds the eight models,
-    each version 1 and champion: (folder, {model: its exported pyfunc folder})."""
-    root = tmp_path_factory.mktemp("serve")
-    shutil.copy(REPO / "params.yaml", root)
+def project(tiny_model_store, tmp_path_factory):
+    """A project folder whose own store holds the eight models, each version 1 and champion:
+    (folder, {model: its exported pyfunc folder})."""
+    root, pyfuncs = tiny_model_project(tiny_model_store, tmp_path_factory.mktemp("project"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
         patch.chdir(root)
-        yield root, build_all(root / "models")
+        yield root, pyfuncs
 
 
 @pytest.fixture(scope="module")
