@@ -117,6 +117,8 @@ def tiny_model_project(store: tuple[Path, dict], root: Path) -> tuple[Path, dict
     return root, pyfuncs
 
 
+# First: pytest-xdist's own hook reads the `xdist_group` marks this one adds.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Two test processes share the suite (pyproject's addopts, `--dist loadgroup`): a file's
     tests run in one process, so its module fixtures are built once, unless the file marks
