@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny learnable corpus and a tiny trained segmenter (seconds to build);
 the eight tiny default-size models in a store; the order and grouping of the test files."""
 
+import contextlib
 import dataclasses
 import functools
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,10 +102,25 @@ def tiny_model_store(tmp_path_factory):
     from tiny_models import build_all
 
     root = tmp_path_factory.mktemp("tiny-models")
+    with project_store(root):
+        return root, build_all(root / "models")
+
+
+@contextlib.contextmanager
+def project_store(root: Path) -> Iterator[None]:
+    """Work in `root` with its SQLite store `root/mlruns.db`. MLflow in this process forgets
+    any store before and this one after: a stage's `tracking.connect()` sets the process's
+    tracking URI, which would outlive the test that set it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
         patch.chdir(root)
-        return root, build_all(root / "models")
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
 def tiny_model_project(store: tuple[Path, dict], root: Path) -> tuple[Path, dict]:
@@ -135,12 +152,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    """A fresh SQLite MLflow store for one test."""
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
+def mlflow_store(tmp_path):
+    """A fresh SQLite MLflow store for one test, in its folder: the store's URI."""
+    with project_store(tmp_path):
+        yield f"sqlite:///{tmp_path / 'mlruns.db'}"
 
 
 def export_crf(

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import requests
 from browser import Tab
-from conftest import REPO, tiny_model_project
+from conftest import REPO, project_store, tiny_model_project
 
 from kexue import params, registry
 from kexue.models import MODELS
@@ -34,9 +34,7 @@ def project(tiny_model_store, tmp_path_factory):
     """A project folder whose own store holds the eight models, each version 1 and champion:
     (folder, {model: its exported pyfunc folder})."""
     root, pyfuncs = tiny_model_project(tiny_model_store, tmp_path_factory.mktemp("project"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
-        patch.chdir(root)
+    with project_store(root):
         yield root, pyfuncs
 
 
