@@ -96,9 +96,12 @@ def largest_requests(model: str, limits: dict) -> dict[str, dict]:
             "one text": texts("text", [han(chars, rng)]),
             "most texts": texts("text", [han(chars // rows, rng) for _ in range(rows)]),
         }
-    if model == "title":  # a beam search per text, whatever its length
-        rows = [han(1, rng) for _ in range(limits["max_request_chars"])]
-        return {"most texts": texts("text", rows, {"beam_width": limits["max_beam_width"]})}
+    if model == "title":  # a decoding per beam, whatever the text's length
+        widest, beams = limits["max_beam_width"], limits["max_beams"]
+        return {
+            "most beams": texts("text", [han(1, rng)] * (beams // widest), {"beam_width": widest}),
+            "most texts": texts("text", [han(1, rng)] * beams, {"beam_width": 1}),
+        }
     if model == "similarity":
         rows, top = limits["max_rows"], limits["max_top_k"]
         per_row = max(1, limits["max_request_chars"] // rows)

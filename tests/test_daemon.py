@@ -87,7 +87,7 @@ def calls(project, tmp_path_factory):  # noqa: F811
         ["ode", "10", "20", "40", "--x1", "120"],
         ["digits", str(images / "digit.png")],
         ["classify", str(images / "dog.jpg"), "--top", "2"],
-        ["title", "长" * 2000],  # over the model's max_request_chars
+        ["title", "长" * 20001],  # over the model's max_request_chars
         ["digits", str(images / "text.png")],  # not an image
         ["segment", "--model", str(root / "no-such-model"), "今天"],
         ["ode", "ten"],

@@ -48,10 +48,10 @@ def beam_search(
     active = np.arange(batch_size)
     for step in range(max_length + 1):
         log_probs = next_log_probs(prefixes[active].reshape(len(active) * beam_width, -1), active)
-        log_probs = log_probs.reshape(len(active), beam_width, -1).astype(np.float64)
+        log_probs = log_probs.reshape(len(active), beam_width, -1)
         if step == max_length:  # a clear stop: nothing but the end token after max_length
             log_probs = np.where(np.arange(log_probs.shape[-1]) == end_id, log_probs, -np.inf)
-        candidates = scores[active][:, :, None] + log_probs
+        candidates = scores[active][:, :, None] + log_probs  # float64, as the scores
         _record_ended(candidates, prefixes[active], active, beam_width, end_id, best)
         prefixes, scores = _extend(candidates, prefixes, scores, active, beam_width, end_id)
         active = np.array(
@@ -64,16 +64,25 @@ def beam_search(
 
 
 def _top(flat: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values of each row, best first (ties: lower index first)."""
-    return np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    """Indices of the k largest values of each row, best first (ties: lower index first).
+
+    A row holds beam_width x vocabulary candidates: only those at least as large as the
+    row's k-th largest (found by a partition, not a sort) are sorted."""
+    k = min(k, flat.shape[1])
+    kth_largest = -np.partition(-flat, k - 1, axis=1)[:, k - 1]
+    top = np.empty((len(flat), k), dtype=np.int64)
+    for row, (values, threshold) in enumerate(zip(flat, kth_largest, strict=True)):
+        (candidates,) = np.nonzero(values >= threshold)
+        top[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    return top
 
 
 def _record_ended(candidates, prefixes, active, beam_width, end_id, best) -> None:
     """Keep, per item, the best hypothesis whose end token ranks among the top `beam_width`."""
     vocab = candidates.shape[-1]
     flat = candidates.reshape(len(active), -1)
-    for row, item in enumerate(active):
-        for index in _top(flat[row : row + 1], beam_width)[0]:
+    for row, (item, top) in enumerate(zip(active, _top(flat, beam_width), strict=True)):
+        for index in top:
             beam, token = divmod(int(index), vocab)
             score = flat[row, index]
             ended = token == end_id and np.isfinite(score)
@@ -82,9 +91,9 @@ def _record_ended(candidates, prefixes, active, beam_width, end_id, best) -> Non
 
 
 def _extend(candidates, prefixes, scores, active, beam_width, end_id):
-    """The `beam_width` best live continuations of each active item, one token longer."""
+    """The `beam_width` best live continuations of each active item, one token longer (the
+    ended ones are masked in `candidates` itself: nothing reads it after)."""
     vocab = candidates.shape[-1]
-    candidates = candidates.copy()
     candidates[:, :, end_id] = -np.inf
     flat = candidates.reshape(len(active), -1)
     top = _top(flat, beam_width)

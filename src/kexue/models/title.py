@@ -32,7 +32,6 @@ from kexue.data.corpora import TitledText, matching_files, read_titled_texts
 from kexue.decoding import beam_search
 from kexue.errors import DataError
 from kexue.layers.copy_prior import CopyPrior
-from kexue.serving import ServeConfig
 from kexue.text import rouge
 from kexue.text.tfidf import CharTfidf
 from kexue.text.vocab import PAD, UNK, VocabConfig, Vocabulary
@@ -95,6 +94,12 @@ class EvaluateConfig:
     first_k: int
     tfidf_orders: list[int]
     samples: int
+
+
+@dataclass(frozen=True)
+class ServeConfig(serving.ServeConfig):
+    # Texts x beam width per request: a beam costs a decoding, whatever its text's length.
+    max_beams: int
 
 
 @dataclass(frozen=True)
@@ -548,6 +553,12 @@ class TitlePyfunc(mlflow.pyfunc.PythonModel):
         beam_width = serving.int_param(
             params, "beam_width", self.settings["beam_width"], self.settings["max_beam_width"]
         )
+        beams, max_beams = len(texts) * beam_width, self.settings["max_beams"]
+        if beams > max_beams:
+            raise serving.bad_request(
+                f"{len(texts)} texts x beam_width {beam_width} = {beams} beams; "
+                f"the limit per request is {max_beams}"
+            )
         titles = self.generator.generate(texts, beam_width, self.settings["batch_size"])
         return pd.DataFrame({"title": titles})
 
@@ -572,6 +583,7 @@ def pyfunc(config: Config, vocab_file: Path, model_dir: Path) -> dict:
         "model_config": {
             "batch_size": config.serve.batch_size,
             "max_request_chars": config.serve.max_request_chars,
+            "max_beams": config.serve.max_beams,
             "beam_width": config.decode.beam_width,
             "max_beam_width": config.decode.max_beam_width,
             "max_text_chars": config.data.max_text_chars,
