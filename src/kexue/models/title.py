@@ -384,6 +384,21 @@ def beam_widths_on(
 # -- inference ----------------------------------------------------------------------------
 
 
+def encoded_spec(model: TitleSeq2Seq) -> Encoded:
+    """The shapes of any batch's `Encoded`: every axis free but the features' (the last axis
+    of the float tensors), taken from one encoded character."""
+    probe = model.encode(tf.zeros((1, 1), tf.int32))
+    return Encoded(
+        *(
+            tf.TensorSpec(
+                [None] * (t.shape.rank - 1) + ([t.shape[-1]] if t.dtype.is_floating else [None]),
+                t.dtype,
+            )
+            for t in probe
+        )
+    )
+
+
 class TitleGenerator:
     """Raw texts in, titles out (beam search); an empty text gets an empty title."""
 
@@ -394,18 +409,21 @@ class TitleGenerator:
         self.max_text_chars, self.max_title_chars = max_text_chars, max_title_chars
         # Each decoding step is one graph call: gathering the live beams' encoder states
         # inside the graph saves an eager op a state a step (most of a short request's time).
+        # Traced once, for any number of texts, beams and characters: a request of a new
+        # shape would otherwise wait for a new trace.
+        ids = tf.TensorSpec([None, None], tf.int32)
         self._encode = tf.function(
             lambda ids, beam_width: Encoded(
                 *(tf.repeat(t, beam_width, axis=0) for t in model.encode(ids))
             ),
-            reduce_retracing=True,
+            input_signature=[ids, tf.TensorSpec([], tf.int32)],
             autograph=False,
         )
         self._next_logits = tf.function(
             lambda prefixes, encoded, rows: model.decode(
                 prefixes, Encoded(*(tf.gather(t, rows) for t in encoded)), last_only=True
             ),
-            reduce_retracing=True,
+            input_signature=[ids, encoded_spec(model), tf.TensorSpec([None], tf.int64)],
             autograph=False,
         )
 
