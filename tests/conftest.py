@@ -126,8 +126,9 @@ def project_store(root: Path) -> Iterator[None]:
 def tiny_model_project(store: tuple[Path, dict], root: Path) -> tuple[Path, dict]:
     """A project folder `root` (params.yaml, a copy of the tiny models' SQLite store) whose
     store holds the eight models, each version 1 and champion: what one test file may change
-    (new versions, a moved alias) without another seeing it. The copied store still names
-    the model files under the built store's folder, which nothing writes to."""
+    (new versions, a moved alias) without another seeing it. The copied store still keeps
+    model files under the built store's folder: the built ones are only read, and a new
+    run's files go to a folder of their own there."""
     built, pyfuncs = store
     shutil.copy(REPO / "params.yaml", root)
     shutil.copy(built / "mlruns.db", root / "mlruns.db")
