@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kexue import params  # noqa: E402
-from kexue.data import augment, images  # noqa: E402
+from kexue.data import augment, image_tensors, images  # noqa: E402
 from kexue.data.augment import AugmentConfig  # noqa: E402
 from kexue.models import dogs  # noqa: E402
 
@@ -72,8 +72,8 @@ def augment_one(path: str, size: int, config: AugmentConfig, rng) -> np.ndarray:
 
 def tf_batches(paths, labels, size: int, config: AugmentConfig, batch: int, seed: int):
     """The pipeline training uses (without its in-memory cache: every epoch decodes)."""
-    files = images.image_files(paths, labels)
-    decoded = images.decoded_images(files, shape=images.shared_shape(paths))
+    files = image_tensors.image_files(paths, labels)
+    decoded = image_tensors.decoded_images(files, shape=images.shared_shape(paths))
     return augment.augmented_batches(decoded, config, size, batch, seed).prefetch(-1)
 
 

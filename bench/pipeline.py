@@ -5,6 +5,7 @@ stage; with `--jobs N` also `kexue repro --jobs N` from scratch in a clone of it
     python bench/pipeline.py                          # no-op; after a complete `dvc repro`
     python bench/pipeline.py --from-scratch           # the committed HEAD in a temp clone
     python bench/pipeline.py --from-scratch --jobs 2  # dvc repro, then kexue repro --jobs 2
+    python bench/pipeline.py --from-scratch --jobs 2 --keep DIR   # the two builds kept in DIR
     python bench/pipeline.py --from-scratch --stages prepare_ode   # a part (and its inputs)
 
 The no-op is timed in this checkout; it refuses to start when `dvc status` finds any stage
@@ -65,31 +66,32 @@ def no_op(stages: list[str], repeats: int) -> None:
 
 
 @contextmanager
-def fresh_clone() -> Iterator[tuple[Path, dict]]:
-    """(a temp clone of HEAD, an environment that runs the clone's own code)."""
+def fresh_clone(keep: Path | None, name: str) -> Iterator[tuple[Path, dict]]:
+    """(a clone of HEAD, an environment that runs the clone's own code): in a temp folder, or
+    kept as keep/name (its build's dvc.lock and metrics can then be committed or compared)."""
     with tempfile.TemporaryDirectory(prefix="kexue-scratch-") as folder:
-        clone = Path(folder) / "kexue-pipeline"
+        clone = keep / name if keep else Path(folder) / "kexue-pipeline"
         subprocess.run(["git", "clone", "--quiet", str(Path.cwd()), str(clone)], check=True)
         yield clone, tool_env({"PYTHONPATH": str(clone / "src")})
 
 
-def from_scratch(stages: list[str], jobs: int | None) -> None:
-    with fresh_clone() as (clone, env):
+def from_scratch(stages: list[str], jobs: int | None, keep: Path | None) -> None:
+    with fresh_clone(keep, "serial") as (clone, env):
         serial = timed_repro(stages, clone, env)
     what = " ".join(stages) or "(all stages)"
     print(f"dvc repro {what} from scratch (fresh clone of HEAD, {os.cpu_count()} CPUs)")
     for stage, seconds in sorted(serial.stages.items(), key=lambda item: -item[1]):
         print(f"  {stage:32}{seconds / 60:8.2f} min")
-    print(f"  {'total':32}{serial.seconds / 60:8.2f} min")
+    print(f"  {'total':32}{serial.seconds / 60:8.2f} min", flush=True)
     if jobs is not None:
-        parallel = parallel_from_scratch(stages, jobs)
+        parallel = parallel_from_scratch(stages, jobs, keep)
         compare(serial, parallel, jobs)
 
 
-def parallel_from_scratch(stages: list[str], jobs: int) -> dict:
+def parallel_from_scratch(stages: list[str], jobs: int, keep: Path | None) -> dict:
     """`kexue repro --jobs N stages` in a fresh clone: its times.json, with the command's
     own wall time (the closing `dvc repro` included) as "seconds"."""
-    with fresh_clone() as (clone, env):
+    with fresh_clone(keep, "parallel") as (clone, env):
         command = [sys.executable, "-m", "kexue.cli", "repro", "--jobs", str(jobs), *stages]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=clone, env=env, text=True, capture_output=True)
@@ -123,11 +125,14 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, help="from scratch: also kexue repro --jobs N, in its own clone"
     )
+    parser.add_argument(
+        "--keep", type=Path, help="from scratch: build in KEEP/serial (and KEEP/parallel), kept"
+    )
     args = parser.parse_args()
-    if args.jobs is not None and not args.from_scratch:
-        parser.error("--jobs goes with --from-scratch")
+    if (args.jobs is not None or args.keep) and not args.from_scratch:
+        parser.error("--jobs and --keep go with --from-scratch")
     if args.from_scratch:
-        from_scratch(args.stages, args.jobs)
+        from_scratch(args.stages, args.jobs, args.keep)
     else:
         no_op(args.stages, args.repeats)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kexue import io, models, params
+from kexue import datasets, io, models, params
 from kexue.errors import KexueError
 from kexue.runtime import RuntimeConfig
 
@@ -46,8 +46,17 @@ def stage_args(description: str, *path_options: str) -> argparse.Namespace:
 
 def model_config(name: str) -> tuple[dict, ModuleType, object]:
     """(all params, the model's module, its checked config block)."""
+    return _config(name, models.load(name))
+
+
+def dataset_config(name: str) -> tuple[dict, ModuleType, object]:
+    """(all params, the model's data module, its checked config block): for the stages that
+    prepare data, without the model's module and TensorFlow."""
+    return _config(name, datasets.load(name))
+
+
+def _config(name: str, module: ModuleType) -> tuple[dict, ModuleType, object]:
     all_params = params.load()
-    module = models.load(name)
     return all_params, module, params.parse(module.Config, params.block(all_params, name), name)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kexue import io, params
 
-from _common import model_config, run
+from _common import dataset_config, run
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
         "corpora", type=Path, nargs="*", help="the raw corpus file(s); none for generated data"
     )
     args = parser.parse_args()
-    all_params, module, config = model_config(args.model)
+    all_params, module, config = dataset_config(args.model)
     extra = {}
     # A model that cuts raw text into words gets the `segment` stage's jieba settings.
     if "segment" in inspect.signature(module.prepare).parameters:

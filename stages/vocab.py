@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from _common import model_config, run
+from _common import dataset_config, run
 
 
 def main() -> None:
@@ -12,7 +12,7 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="the model's prepared data folder")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    _, module, config = model_config(args.model)
+    _, module, config = dataset_config(args.model)
     vocab = module.build_vocab(config, args.data)
     vocab.save(args.out)
     print(f"{args.out}: {len(vocab)} tokens")

@@ -75,14 +75,18 @@ def train_tiny(
 ) -> dict:
     """prepare -> vocab (a model with one) -> train one model (a kexue.models module) on a
     tiny corpus (or corpora), all under `root`: the paths, the config, prepare's counts and
-    train's summary. `prepare(config, corpora, out_dir)` stands in for a module without one;
+    train's summary. `prepare(config, corpora, out_dir)` stands in for a model without a
+    kexue.datasets module (dogs);
     `prepare_options` go to the module's prepare (attention's `segment` settings)."""
-    vocab = root / "vocab.json" if hasattr(module, "build_vocab") else None
+    from kexue import datasets
+
+    data = None if prepare else datasets.load(module.__name__.rsplit(".", 1)[-1])
+    vocab = root / "vocab.json" if hasattr(data, "build_vocab") else None
     paths = {"data": root / "data", "vocab": vocab, "model_dir": root / "model"}
     corpora = corpus if isinstance(corpus, list) else [corpus]
-    counts = (prepare or module.prepare)(config, corpora, paths["data"], **prepare_options)
+    counts = (prepare or data.prepare)(config, corpora, paths["data"], **prepare_options)
     if vocab is not None:
-        module.build_vocab(config, paths["data"]).save(vocab)
+        data.build_vocab(config, paths["data"]).save(vocab)
     summary = module.train(
         config,
         tiny_runtime(root),

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, assert_exported_with_example, tiny_runtime, train_tiny
 
 from kexue import cli, params, registry, stats, tracking
+from kexue.datasets import attention as attention_data
 from kexue.errors import DataError
 from kexue.models import attention
 from kexue.text.segmentation import JiebaSettings
@@ -73,7 +74,7 @@ def test_prepare_deduplicates_before_the_split(tmp_path):
     # Same text cut differently is one review; one review under both labels is dropped.
     pos = write(tmp_path / "pos.txt", ["很 好", "很好", "", "好 啊", "一般"])
     neg = write(tmp_path / "neg.txt", ["很 差", "一般", "很差", "太 差"])
-    counts = attention.prepare(tiny_config(), reviews(pos, neg), tmp_path / "out", SEGMENT)
+    counts = attention_data.prepare(tiny_config(), reviews(pos, neg), tmp_path / "out", SEGMENT)
     assert counts == {
         "lines": 9, "empty": 1, "duplicates": 2, "conflicting": 1,
         "train": 2, "validation": 1, "test": 1,
@@ -213,11 +214,11 @@ def labelled_config(**train) -> attention.Config:
 
 def test_labelled_files_read_as_tsv_or_csv_with_sorted_labels(tmp_path):
     tsv = write(tmp_path / "a.tsv", ["\ufefflabel\ttext", "b\t好,的", " a \t差", "c\t", "a\t一般"])
-    labels, rows = attention.read_labelled(tsv)
+    labels, rows = attention_data.read_labelled(tsv)
     assert labels == ["a", "b", "c"]  # stripped, sorted: the ids do not hang on row order
     assert rows == [(1, "好,的"), (0, "差"), (2, ""), (0, "一般")]
     csv = write(tmp_path / "a.csv", ["label,text", 'pos,"好,很好"', "neg,差"])
-    assert attention.read_labelled(csv) == (["neg", "pos"], [(1, "好,很好"), (0, "差")])
+    assert attention_data.read_labelled(csv) == (["neg", "pos"], [(1, "好,很好"), (0, "差")])
 
 
 @pytest.mark.parametrize(
@@ -234,14 +235,14 @@ def test_labelled_files_read_as_tsv_or_csv_with_sorted_labels(tmp_path):
 def test_bad_labelled_file_is_one_line_naming_file_and_line(tmp_path, lines, message):
     bad = write(tmp_path / "x.csv", lines)
     with pytest.raises(DataError, match=message):
-        attention.prepare(labelled_config(), [bad, bad, bad], tmp_path / "out", SEGMENT)
+        attention_data.prepare(labelled_config(), [bad, bad, bad], tmp_path / "out", SEGMENT)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_a_tsv_row_without_its_text_column_names_file_and_line(tmp_path):
     bad = write(tmp_path / "x.tsv", ["label\ttext", "a\t好", "b 差"])
     with pytest.raises(DataError, match=r"x\.tsv:3: expected label<TAB>text \(2 columns\)"):
-        attention.read_labelled(bad)
+        attention_data.read_labelled(bad)
 
 
 def test_two_labels_end_in_a_sigmoid_more_in_a_softmax():

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kexue.data import augment, images
+from kexue.data import augment, image_tensors
 from kexue.data.augment import AugmentConfig
 
 OFF = AugmentConfig(
@@ -150,7 +150,7 @@ def test_a_batch_turns_at_its_working_size_then_is_resized():
     config = AugmentConfig(**{**OFF.__dict__, "rotation": 90.0})
     image = ramp(4, 4)
     turned = augment.augment_batch(tf.constant(image[None]), [0], turned_by(90.0), 8, config)
-    resized = images.resize(tf.constant(image[None]), 8).numpy()[0]
+    resized = image_tensors.resize(tf.constant(image[None]), 8).numpy()[0]
     np.testing.assert_allclose(turned[0], np.rot90(resized, k=1, axes=(0, 1)), atol=1e-3)
 
 
@@ -176,11 +176,13 @@ def test_resizing_is_anti_aliased_only_when_shrinking_where_it_differs():
     small, large = ramp(5, 7)[None] % 50, ramp(24, 24)[None] % 50
     for batch in (small, large):
         np.testing.assert_allclose(
-            images.resize(tf.constant(batch), 12),
+            image_tensors.resize(tf.constant(batch), 12),
             tf.image.resize(batch, (12, 12), antialias=True),
             atol=1e-3,
         )
-    assert not np.allclose(tf.image.resize(large, (12, 12)), images.resize(large, 12), atol=1)
+    assert not np.allclose(
+        tf.image.resize(large, (12, 12)), image_tensors.resize(large, 12), atol=1
+    )
 
 
 def test_images_of_any_size_come_out_as_one_batch_of_the_training_size():

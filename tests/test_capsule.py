@@ -21,6 +21,7 @@ from conftest import REPO, assert_exported_with_example, tiny_runtime
 from test_images import CLASSES, folder_config, one_level_tree, split_tree
 
 from kexue import cli, params, registry, stats, tracking
+from kexue.datasets import capsule as capsule_data
 from kexue.errors import DataError, IncompatibleDataError
 from kexue.models import capsule
 
@@ -64,7 +65,7 @@ def tiny(tmp_path_factory):
             config.train, epochs=20, patience=20, batch_size=32, learning_rate=0.01
         ),
     )
-    counts = capsule.prepare(config, [source], root / "data")
+    counts = capsule_data.prepare(config, [source], root / "data")
     return {"config": config, "root": root, "source": source, "counts": counts}
 
 
@@ -106,7 +107,7 @@ def test_no_held_out_digit_equals_a_training_digit(tiny, tmp_path):
         splits[split][0][index] = splits[0][0][0]
     with gzip.open(source, "wb") as file:
         pickle.dump(tuple(splits), file)
-    counts = capsule.prepare(tiny["config"], [source], tmp_path / "data")
+    counts = capsule_data.prepare(tiny["config"], [source], tmp_path / "data")
     assert counts["test_overlap_dropped"] == 1 and counts["test"] == 29
     keys = {
         side: {x.tobytes() for x in capsule.load_npz(tmp_path / "data" / f"{side}.npz")[0]}
@@ -148,8 +149,8 @@ def test_train_size_takes_a_seeded_sample(tiny, tmp_path):
     config = dataclasses.replace(
         tiny["config"], data=dataclasses.replace(tiny["config"].data, train_size=50)
     )
-    capsule.prepare(config, [tiny["source"]], tmp_path / "a")
-    capsule.prepare(config, [tiny["source"]], tmp_path / "b")
+    capsule_data.prepare(config, [tiny["source"]], tmp_path / "a")
+    capsule_data.prepare(config, [tiny["source"]], tmp_path / "b")
     a, b = (capsule.load_npz(tmp_path / d / "train.npz")[1] for d in "ab")
     assert len(a) == 50 and (a == b).all()
     validation = capsule.load_npz(tmp_path / "a" / "validation.npz")[1]
@@ -160,7 +161,7 @@ def test_a_file_that_is_not_mnist_is_a_clear_error(tiny, tmp_path):
     bad = tmp_path / "mnist.pkl.gz"
     bad.write_bytes(b"not gzip")
     with pytest.raises(DataError, match=r"mnist\.pkl\.gz: expected MNIST's"):
-        capsule.prepare(tiny["config"], [bad], tmp_path / "out")
+        capsule_data.prepare(tiny["config"], [bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -329,7 +330,7 @@ def test_prepare_reads_a_folder_of_mixed_images_as_grey_28_by_28(tiny, tmp_path,
     unreadable = tree(tmp_path / "mine")
     config = folder_capsule_config(tiny, tmp_path / "mine")
     data = tmp_path / "data"
-    found = capsule.prepare(config, [], data)
+    found = capsule_data.prepare(config, [], data)
     dropped = {"validation_overlap_dropped": 0, "test_overlap_dropped": 0}
     assert found == {**counts, "pairs": 20, **dropped, "skipped": len(unreadable)}
     assert capsule.class_names(data) == CLASSES
@@ -350,7 +351,7 @@ def test_a_folder_with_too_few_images_is_one_clear_line(tiny, tmp_path):
     for extra in sorted((tmp_path / "mine" / "cat").iterdir())[3:]:
         extra.unlink()
     with pytest.raises(DataError, match=r"/mine/cat: 3 readable images; expected at least 5"):
-        capsule.prepare(folder_capsule_config(tiny, tmp_path / "mine"), [], tmp_path / "data")
+        capsule_data.prepare(folder_capsule_config(tiny, tmp_path / "mine"), [], tmp_path / "data")
 
 
 def test_a_split_is_read_in_the_models_labels_and_a_new_class_is_unreadable(tmp_path):
@@ -367,7 +368,7 @@ def test_a_folder_trained_model_scores_its_own_classes(tiny, tmp_path):
     config = folder_capsule_config(tiny, tmp_path / "mine")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
     data = tmp_path / "data"
-    capsule.prepare(config, [], data)
+    capsule_data.prepare(config, [], data)
     model = tmp_path / "model"
     capsule.train(config, tiny_runtime(tmp_path), data, None, model, tmp_path / "c.csv")
     assert capsule.class_names(model) == CLASSES

@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_corpus_lines, tiny_crf_config
 
 from kexue import splits, stats
+from kexue.datasets import crf as crf_data
 from kexue.models import crf
 
 
@@ -49,7 +50,7 @@ def test_prepare_splits_by_paragraph_without_overlap(tmp_path):
     lines += ["ＡＢ/x  。/w", "AB/x  。/w"] * 5  # one sentence once the model full-widths it
     (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = tiny_crf_data(validation_fraction=0.1, test_fraction=0.2)
-    counts = crf.prepare(config, [tmp_path / "corpus.txt"], tmp_path / "data")
+    counts = crf_data.prepare(config, [tmp_path / "corpus.txt"], tmp_path / "data")
     sides = {side: crf.read_sentences(tmp_path / "data" / f"{side}.txt") for side in splits.SPLITS}
     keys = {side: [crf.normalised(s) for s in rows] for side, rows in sides.items()}
     assert splits.overlap(keys["validation"], keys["train"]) == 0
@@ -57,7 +58,7 @@ def test_prepare_splits_by_paragraph_without_overlap(tmp_path):
     assert counts["test_overlap_dropped"] > 0 and counts["validation_overlap_dropped"] > 0
     total = sum(len(rows) for rows in sides.values())
     assert total + counts["test_overlap_dropped"] + counts["validation_overlap_dropped"] == 230
-    assert counts == crf.prepare(config, [tmp_path / "corpus.txt"], tmp_path / "again")
+    assert counts == crf_data.prepare(config, [tmp_path / "corpus.txt"], tmp_path / "again")
     for side in splits.SPLITS:
         assert (tmp_path / "again" / f"{side}.txt").read_bytes() == (
             tmp_path / "data" / f"{side}.txt"

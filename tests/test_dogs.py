@@ -18,7 +18,7 @@ from conftest import REPO, assert_exported_with_example, tiny_runtime
 from PIL import Image
 
 from kexue import cli, params, registry, stats, tracking, training
-from kexue.data import images
+from kexue.data import image_tensors, images
 from kexue.errors import DataError, IncompatibleDataError, ParamsError
 from kexue.layers.center import CenterLoss
 from kexue.layers.gate import FeatureGate
@@ -242,7 +242,7 @@ def test_pyfunc_answers_png_and_jpeg_of_odd_sizes_and_base64(pyfunc_dir):
     probabilities = np.array(out["probabilities"].tolist())
     assert (np.diff(probabilities, axis=1) <= 0).all() and (probabilities <= 1).all()
     # Resizing and scaling happen inside: the same as the network on the resized pixels.
-    pixels = images.decode_resize(png, 32).numpy()[None]
+    pixels = image_tensors.decode_resize(png, 32).numpy()[None]
     network = keras.models.load_model(pyfunc_dir / "artifacts" / "model.keras", compile=False)
     direct = network.predict(pixels, verbose=0)[0]
     assert out["probabilities"][0][0] == pytest.approx(direct.max(), abs=1e-5)

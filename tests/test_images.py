@@ -23,7 +23,7 @@ from conftest import REPO
 from file_server import sha256, tar_archive
 from PIL import Image
 
-from kexue.data import images
+from kexue.data import image_tensors, images
 from kexue.data.images import FolderSplitConfig, ImageDataConfig
 from kexue.data.sources import Source
 from kexue.errors import DataError, IncompatibleDataError, ParamsError, SourceError
@@ -247,11 +247,13 @@ def test_images_sharing_a_size_are_decoded_with_it_known(tmp_path):
         Path(paths[-1]).write_bytes(jpeg(index, size))
     assert images.shared_shape(paths[:2]) == (23, 17)  # (height, width)
     assert images.shared_shape(paths) is None
-    files = images.image_files(paths[:2], np.array([0, 1]))
-    decoded = images.decoded_images(files, shape=(23, 17))
+    files = image_tensors.image_files(paths[:2], np.array([0, 1]))
+    decoded = image_tensors.decoded_images(files, shape=(23, 17))
     assert tuple(decoded.element_spec[0].shape) == (23, 17, 3)
     assert [tuple(image.shape) for image, _ in decoded] == [(23, 17, 3)] * 2
-    wrong = images.decoded_images(images.image_files(paths[2:], np.array([0])), shape=(23, 17))
+    wrong = image_tensors.decoded_images(
+        image_tensors.image_files(paths[2:], np.array([0])), shape=(23, 17)
+    )
     with pytest.raises(tf.errors.InvalidArgumentError):
         list(wrong)
 
@@ -342,7 +344,7 @@ def test_a_folder_of_mixed_images_becomes_rgb_class_folders(tmp_path, capsys, tr
         paths, labels, _ = images.list_split(out, split, classes)
         assert len(paths) == count and sorted(set(labels)) == [0, 1, 2]
         for path in paths:  # what the model reads: 3 channels, each image at its own size
-            assert images.decode(tf.io.read_file(path)).shape[-1] == 3
+            assert image_tensors.decode(tf.io.read_file(path)).shape[-1] == 3
     written = {p.name for p in out.glob("*/ant/*")}
     assert written == {"0.jpg", "1.png", "2.png", "3.png", "4.webp.png", "5.bmp.png", "6.jpeg"}
     if tree is one_level_tree:  # grey/RGB JPEG and PNG as they are; the rest as RGB PNG

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, stats, tracking
+from kexue.datasets import ode as ode_data
 from kexue.errors import DataError
 from kexue.layers.ode import PARAMETERS, CompetitionODECell, competition, solver_step
 from kexue.models import ode
@@ -87,7 +88,7 @@ def test_solver_grid_lands_on_every_time():
 
 
 def test_generated_observations_are_the_posts_table(config, tmp_path):
-    counts = ode.prepare(config, [], tmp_path)
+    counts = ode_data.prepare(config, [], tmp_path)
     assert counts["observations"] == counts["train_times"] == 7  # noise-free: all fitted
     assert counts["validation_times"] == counts["test_times"] == 0
     assert ode.load_observations(tmp_path, "test").shape == (0, 3)
@@ -111,7 +112,7 @@ def noisy_config(config):
 
 def test_held_out_times_are_disjoint_and_the_start_is_always_fitted(config, tmp_path):
     noisy = noisy_config(config)
-    counts = ode.prepare(noisy, [], tmp_path)
+    counts = ode_data.prepare(noisy, [], tmp_path)
     assert (counts["validation_times"], counts["test_times"]) == (4, 4)
     sides = {
         name: ode.load_observations(tmp_path, name) for name in ("train", "validation", "test")
@@ -151,8 +152,8 @@ POST_TABLE = REPO / "data" / "examples" / "ode_post_table.csv"
 
 
 def test_generated_observations_ignore_the_csv_the_pipeline_passes(config, tmp_path):
-    ode.prepare(config, [POST_TABLE], tmp_path / "generated")
-    ode.prepare(config, [], tmp_path / "alone")
+    ode_data.prepare(config, [POST_TABLE], tmp_path / "generated")
+    ode_data.prepare(config, [], tmp_path / "alone")
     for name in ("train.csv", "truth.json"):
         assert (tmp_path / "generated" / name).read_text() == (
             tmp_path / "alone" / name
@@ -163,7 +164,7 @@ def test_observations_from_a_csv_replace_the_generated_ones(config, tmp_path):
     # The post's table as printed: the default data's observations, rounded.
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ode.TRUTH).write_text("{}")  # left over from a generated run
-    counts = ode.prepare(from_file(config), [POST_TABLE], tmp_path / "out")
+    counts = ode_data.prepare(from_file(config), [POST_TABLE], tmp_path / "out")
     assert counts == {
         "observations": 7, "generated": 0, "train_times": 7, "validation_times": 0,
         "test_times": 0,
@@ -177,7 +178,7 @@ def test_observations_from_a_csv_replace_the_generated_ones(config, tmp_path):
 
 def test_a_csv_is_required_when_the_source_is_a_file(config, tmp_path):
     with pytest.raises(DataError, match="ode.data.source is file: expected one observations CSV"):
-        ode.prepare(from_file(config), [], tmp_path / "out")
+        ode_data.prepare(from_file(config), [], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +198,7 @@ def test_bad_observation_csv_names_the_file_and_line(config, tmp_path, text, mes
     source = tmp_path / "obs.csv"
     source.write_text(text)
     with pytest.raises(DataError, match=message):
-        ode.prepare(from_file(config), [source], tmp_path / "out")
+        ode_data.prepare(from_file(config), [source], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -206,7 +207,7 @@ def test_a_fit_to_csv_observations_is_judged_on_its_held_out_times(config, tmp_p
         from_file(config),
         train=dataclasses.replace(config.train, epochs=1, steps_per_epoch=20, patience=None),
     )
-    ode.prepare(short, [POST_TABLE], tmp_path / "data")
+    ode_data.prepare(short, [POST_TABLE], tmp_path / "data")
     summary = ode.train(
         short, tiny_runtime(tmp_path), tmp_path / "data", None, tmp_path / "model",
         tmp_path / "curves.csv",
@@ -217,7 +218,7 @@ def test_a_fit_to_csv_observations_is_judged_on_its_held_out_times(config, tmp_p
         ode.evaluate(short, tmp_path / "data", None, tmp_path / "model", tmp_path / "plots")
 
     held_out = dataclasses.replace(short, data=dataclasses.replace(short.data, test_fraction=0.34))
-    ode.prepare(held_out, [POST_TABLE], tmp_path / "held_out")
+    ode_data.prepare(held_out, [POST_TABLE], tmp_path / "held_out")
     ode.train(
         held_out, tiny_runtime(tmp_path), tmp_path / "held_out", None, tmp_path / "model2",
         tmp_path / "curves2.csv",
@@ -241,7 +242,7 @@ def fitted(config, tmp_path_factory):
             config.train, epochs=4, steps_per_epoch=100, learning_rate=0.1, patience=None
         ),
     )
-    ode.prepare(short, [], root / "data")
+    ode_data.prepare(short, [], root / "data")
     summary = ode.train(
         short, tiny_runtime(root), root / "data", None, root / "model", root / "curves.csv"
     )
@@ -297,7 +298,7 @@ def test_evaluate_scores_held_out_times_and_early_stops_on_validation(config, tm
             config.train, epochs=3, steps_per_epoch=50, learning_rate=0.1, patience=1
         ),
     )
-    ode.prepare(noisy, [], tmp_path / "data")
+    ode_data.prepare(noisy, [], tmp_path / "data")
     summary = ode.train(
         noisy, tiny_runtime(tmp_path), tmp_path / "data", None, tmp_path / "model",
         tmp_path / "curves.csv",

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, stats, tracking
+from kexue.datasets import poet as poet_data
 from kexue.errors import DataError, IncompatibleDataError
 from kexue.layers.gated_conv import GatedConv1D
 from kexue.layers.gaussian_latent import GaussianSample, KLWarmup, WeightedOutput, kl_divergence
@@ -80,8 +81,8 @@ def trained(tmp_path_factory):
         json.dumps(poems, ensure_ascii=False), encoding="utf-8"
     )
     config = tiny_config()
-    counts = poet.prepare(config, [root / "corpus"], root / "data")
-    poet.build_vocab(config, root / "data").save(root / "vocab.json")
+    counts = poet_data.prepare(config, [root / "corpus"], root / "data")
+    poet_data.build_vocab(config, root / "data").save(root / "vocab.json")
     summary = poet.train(
         config, tiny_runtime(root), root / "data", root / "vocab.json", root / "model",
         root / "curves.csv",
@@ -92,13 +93,13 @@ def trained(tmp_path_factory):
 def test_couplets_are_sentences_of_two_five_character_lines():
     text = "秦川雄帝宅，函谷壯皇居。綺殿千尋起，離宮百雉餘！□雪鏁戈鋋，非煙遶旌斾。"
     text += "行路難，行路難，君自看。寒鵰中𩩉石，落在黃河冰。"
-    assert poet.couplets_of(text, 5) == [
+    assert poet_data.couplets_of(text, 5) == [
         "秦川雄帝宅函谷壯皇居",
         "綺殿千尋起離宮百雉餘",
         "寒鵰中𩩉石落在黃河冰",
     ]
-    assert poet.couplets_of("春眠不覺曉處，處聞啼鳥春眠。", 5) == []
-    assert poet.couplets_of("春眠不覺曉處處，聞啼鳥春眠不覺。", 7) == [
+    assert poet_data.couplets_of("春眠不覺曉處，處聞啼鳥春眠。", 5) == []
+    assert poet_data.couplets_of("春眠不覺曉處處，聞啼鳥春眠不覺。", 7) == [
         "春眠不覺曉處處聞啼鳥春眠不覺"
     ]
 
@@ -120,7 +121,7 @@ def test_prepare_splits_by_poem_and_holds_out_only_unseen_couplets(trained):
     assert counts["poems"] == 150
     assert [counts[f"{name}_couplets"] for name in sides] == [len(side) for side in sides.values()]
     assert counts["validation_overlap_dropped"] + counts["test_overlap_dropped"] > 0
-    poems = [poet.couplets_of("".join(p["paragraphs"]), 5) for p in trained["poems"]]
+    poems = [poet_data.couplets_of("".join(p["paragraphs"]), 5) for p in trained["poems"]]
     held_out = set(validation) | set(test)
     train_side = [p for p in poems if not set(p) & held_out]
     assert all(set(p) <= set(train) for p in train_side)
@@ -148,7 +149,7 @@ def test_prepare_names_a_folder_without_poems(tmp_path):
     with pytest.raises(
         DataError, match=r"no file matches \['tang/\*\.json'\] \(poet\.data\.include\)"
     ):
-        poet.prepare(tiny_config(), [tmp_path / "corpus"], tmp_path / "out")
+        poet_data.prepare(tiny_config(), [tmp_path / "corpus"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

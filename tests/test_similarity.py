@@ -15,6 +15,7 @@ from conftest import REPO, assert_exported_with_example, tiny_runtime, train_tin
 
 from kexue import cli, params, registry, stats, tracking
 from kexue.data.cilin import SynonymGroup, read_cilin, read_group_lines
+from kexue.datasets import similarity as similarity_data
 from kexue.errors import DataError
 from kexue.models import similarity
 from kexue.models.similarity import Gallery, Member
@@ -50,7 +51,7 @@ def tiny(tmp_path_factory):
         # Of the 5 groups of 3+ members, 1 lends a member to validation and 2 to test.
         data=dataclasses.replace(config.data, validation_fraction=0.2, test_fraction=0.4),
         model=similarity.ModelConfig(embedding_dim=16, hidden_dim=16),
-        train=similarity.TrainConfig(epochs=40, patience=40, batch_size=8, learning_rate=0.02),
+        train=similarity_data.TrainConfig(epochs=40, patience=40, batch_size=8, learning_rate=0.02),
         serve=dataclasses.replace(config.serve, batch_size=4),
     )
     trained = train_tiny(similarity, config, corpus, root)
@@ -121,7 +122,9 @@ def test_split_holds_out_one_seeded_member_of_some_groups_of_three_or_more(tiny)
         "test_overlap_dropped": 0,
     }
     # Fixed: the same seed gives the same split.
-    again, _ = similarity.split_members(read_cilin(tiny["root"] / "cilin.txt"), tiny["config"].data)
+    again, _ = similarity_data.split_members(
+        read_cilin(tiny["root"] / "cilin.txt"), tiny["config"].data
+    )
     assert again == sides
 
 
@@ -131,7 +134,7 @@ def test_a_held_out_text_is_in_no_training_group():
         SynonymGroup(f"g{i}", (f"own{i}", f"shared{i % 3}", f"shared{(i + 1) % 3}", "everywhere"))
         for i in range(12)
     ] + [SynonymGroup("only_shared", ("shared0", "shared1", "everywhere"))]
-    data = similarity.DataConfig(
+    data = similarity_data.DataConfig(
         format="cilin",
         max_groups=None,
         min_group_to_hold_out=3,
@@ -140,7 +143,7 @@ def test_a_held_out_text_is_in_no_training_group():
         split_seed=0,
     )
     for seed in range(5):
-        sides, dropped = similarity.split_members(
+        sides, dropped = similarity_data.split_members(
             groups, dataclasses.replace(data, split_seed=seed)
         )
         training_texts = {m.text for m in sides["train"]}
@@ -161,9 +164,9 @@ def test_a_held_out_text_is_in_no_training_group():
 def test_max_groups_takes_a_seeded_subset(tiny):
     groups = read_cilin(tiny["root"] / "cilin.txt")
     subset = dataclasses.replace(tiny["config"].data, max_groups=4, test_fraction=0.3)
-    sides, _ = similarity.split_members(groups, subset)
+    sides, _ = similarity_data.split_members(groups, subset)
     assert len({m.group for m in sides["train"]}) == 4
-    assert similarity.split_members(groups, subset)[0] == sides
+    assert similarity_data.split_members(groups, subset)[0] == sides
 
 
 # TINY_CILIN's groups in the post's layout, one text a line, a group's lines apart.
@@ -199,7 +202,7 @@ def test_prepare_from_group_lines_splits_as_from_cilin(tiny, tmp_path):
     config = dataclasses.replace(
         tiny["config"], data=dataclasses.replace(tiny["config"].data, format="groups")
     )
-    counts = similarity.prepare(config, [corpus], tmp_path / "data")
+    counts = similarity_data.prepare(config, [corpus], tmp_path / "data")
     assert counts == tiny["counts"]
     for name in (*(f"{side}.tsv" for side in SIDES), similarity.PHRASES_FILE):
         assert (tmp_path / "data" / name).read_text() == (tiny["root"] / "data" / name).read_text()
@@ -224,7 +227,7 @@ def test_bad_group_line_names_file_and_line(tmp_path, line, problem):
     )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="groups"))
     with pytest.raises(DataError, match=rf"groups\.tsv:2: {problem}"):
-        similarity.prepare(config, [path], tmp_path / "out")
+        similarity_data.prepare(config, [path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -14,6 +14,7 @@ from conftest import REPO, assert_exported_with_example, tiny_runtime
 
 from kexue import cli, params, registry, serving, splits, stats, tracking
 from kexue.data.corpora import TitledText, matching_files, poem_title, read_titled_texts
+from kexue.datasets import title as title_data
 from kexue.errors import DataError
 from kexue.models import title
 from kexue.servers import served_model
@@ -74,8 +75,8 @@ def trained_title(tmp_path_factory):
     root = tmp_path_factory.mktemp("title")
     write_jsonl(root / "pairs.jsonl", tiny_pairs(400, seed=1))
     config = tiny_config()
-    title.prepare(config, [root / "pairs.jsonl"], root / "data")
-    title.build_vocab(config, root / "data").save(root / "vocab.json")
+    title_data.prepare(config, [root / "pairs.jsonl"], root / "data")
+    title_data.build_vocab(config, root / "data").save(root / "vocab.json")
     summary = title.train(
         config, tiny_runtime(root), root / "data", root / "vocab.json", root / "model",
         root / "curves.csv",
@@ -115,7 +116,7 @@ def test_prepare_poems_cleans_and_splits_by_title(tmp_path):
     (tmp_path / "tang" / "poet.tang.0.json").write_text(json.dumps(poems, ensure_ascii=False))
     (tmp_path / "tang" / "authors.tang.json").write_text("not read: include is poet.*")
     config = tiny_config(include=["tang/poet.*.json"], max_per_title=3)
-    counts = title.prepare(config, [tmp_path], tmp_path / "out")
+    counts = title_data.prepare(config, [tmp_path], tmp_path / "out")
     sides = {side: f"{side}_pairs" for side in splits.SPLITS}
     assert counts["files"] == 1 and sum(counts[key] for key in sides.values()) == 2 + 8 + 3
     assert counts["validation_pairs"] > 0 and counts["test_pairs"] > 0
@@ -132,7 +133,7 @@ def test_prepare_poems_cleans_and_splits_by_title(tmp_path):
         ["巖廊罷機務，", "秦川雄帝宅，函谷壯皇居。"],
     )
     assert (series[0] in train) == (series[1] in train)
-    again = title.prepare(config, [tmp_path], tmp_path / "again")
+    again = title_data.prepare(config, [tmp_path], tmp_path / "again")
     assert again == counts
     assert (tmp_path / "again" / "test.jsonl").read_text() == (
         tmp_path / "out" / "test.jsonl"
@@ -171,7 +172,7 @@ def test_long_texts_are_cut_and_long_titles_dropped(tmp_path):
     config = tiny_config(
         max_text_chars=10, min_text_chars=2, validation_fraction=0, test_fraction=0.01
     )
-    title.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
+    title_data.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
     pairs = read_titled_texts(tmp_path / "out" / "train.jsonl")
     pairs += read_titled_texts(tmp_path / "out" / "test.jsonl")
     assert sorted(pairs, key=lambda p: p.title) == [
@@ -214,7 +215,7 @@ def test_bad_corpus_gives_one_line_naming_file_and_line(tmp_path, name, content,
 def test_too_few_pairs_for_both_splits(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"text": "春眠不覺曉", "title": "春曉"}])
     with pytest.raises(DataError, match="1 groups cannot give 1 to test, 1 to validation"):
-        title.prepare(tiny_config(), [tmp_path / "p.jsonl"], tmp_path / "out")
+        title_data.prepare(tiny_config(), [tmp_path / "p.jsonl"], tmp_path / "out")
 
 
 def test_folder_without_matching_files_names_the_key(tmp_path):
@@ -252,7 +253,7 @@ def test_no_held_out_text_as_the_model_reads_it_is_seen(tmp_path):
     rows += [{"text": "春夏秋冬 山水風月花雲江湖", "title": f"又{i}"} for i in range(10)]
     write_jsonl(tmp_path / "p.jsonl", rows)
     config = tiny_config(max_text_chars=10)
-    counts = title.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
+    counts = title_data.prepare(config, [tmp_path / "p.jsonl"], tmp_path / "out")
     sides = {s: read_titled_texts(tmp_path / "out" / f"{s}.jsonl") for s in splits.SPLITS}
     texts = {s: [title.model_text(p.text, 10) for p in rows] for s, rows in sides.items()}
     assert splits.overlap(texts["validation"], texts["train"]) == 0

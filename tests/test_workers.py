@@ -28,6 +28,7 @@ from conftest import tiny_runtime
 from dvc_project import ENV, TINY_CRF, make_project, run, set_params, stages_run
 
 from kexue import params, training
+from kexue.datasets import crf as crf_data
 from kexue.errors import ParamsError
 from kexue.models import crf
 from kexue.servers import free_port, process_group
@@ -84,8 +85,8 @@ def prepare_here(repo) -> None:
     """Make prepare_crf's and vocab_crf's outputs in this process and record them in
     dvc.lock: two fewer processes that start TensorFlow."""
     config = params.parse(crf.Config, params.block(params.load(repo / "params.yaml"), "crf"), "crf")
-    crf.prepare(config, [repo / config.corpus], repo / "data" / "prepared" / "crf")
-    vocab = crf.build_vocab(config, repo / "data" / "prepared" / "crf")
+    crf_data.prepare(config, [repo / config.corpus], repo / "data" / "prepared" / "crf")
+    vocab = crf_data.build_vocab(config, repo / "data" / "prepared" / "crf")
     vocab.save(repo / "data" / "vocab" / "crf.json")
     run(repo, "dvc", "commit", "-q", "-f", "prepare_crf", "vocab_crf")
     # The MLflow store's tables too: the first run that creates them would be timed for it.

@@ -3,7 +3,8 @@
 A stage's `deps` in dvc.yaml must list this closure (tests/test_code_deps.py checks it), and an
 exported model bundles the closure of its model module, so it carries exactly the code that
 trained and evaluated it. Imports inside functions count; the one dynamic import, the model's
-module that a stage loads by name (`kexue.models.load`), is added from the stage's command.
+module that a stage loads by name (`kexue.models.load`, `kexue.datasets.load`), is added from
+the stage's command.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 PACKAGE = "kexue"
 SOURCE_DIR = Path("src")
 STAGES_DIR = Path("stages")
-# The function in stages/_common.py that imports a model's module by its name.
-MODEL_LOADER = "model_config"
+# The functions in stages/_common.py that import a model's module by its name, and the
+# package of the module each imports.
+MODULE_LOADERS = {"model_config": "models", "dataset_config": "datasets"}
 
 
 def module_file(root: Path, dotted: str, source_dir: Path = SOURCE_DIR) -> Path | None:
@@ -79,17 +81,15 @@ def closure(
     return seen
 
 
-def model_module(name: str) -> str:
-    return f"{PACKAGE}.models.{name}"
-
-
-def _loads_a_model(script: Path) -> bool:
-    """Whether a stage script loads the model named on its command line (`model_config`)."""
+def _loaded_packages(script: Path) -> set[str]:
+    """The packages (`models`, `datasets`) from which a stage script loads the module of the
+    model named on its command line (`model_config`, `dataset_config`)."""
     tree = ast.parse(script.read_text(encoding="utf-8"), str(script))
-    return any(
-        isinstance(node, ast.Call) and getattr(node.func, "id", None) == MODEL_LOADER
+    return {
+        MODULE_LOADERS[node.func.id]
         for node in ast.walk(tree)
-    )
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in MODULE_LOADERS
+    }
 
 
 def stage_closure(root: Path, cmd: str, model_names: tuple[str, ...]) -> set[Path]:
@@ -98,8 +98,9 @@ def stage_closure(root: Path, cmd: str, model_names: tuple[str, ...]) -> set[Pat
     words = shlex.split(cmd)
     start = [Path(word) for word in words if Path(word).parent == STAGES_DIR]
     models = [word for word in words if word in model_names]
-    if models and any(_loads_a_model(root / script) for script in start):
-        start.extend(_project_files(root, model_module(models[0])))
+    if models:
+        for package in set().union(*(_loaded_packages(root / script) for script in start)):
+            start.extend(_project_files(root, f"{PACKAGE}.{package}.{models[0]}"))
     return closure(root, start)
 
 

@@ -34,6 +34,14 @@ _Loader.add_implicit_resolver(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """The `serve` block of a model whose requests are texts (crf, attention, title)."""
+
+    batch_size: int  # texts per forward pass
+    max_request_chars: int  # larger requests are refused with HTTP 400
+
+
 def load(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """A model's `serve` block in params.yaml."""
-
-    batch_size: int  # texts per forward pass
-    max_request_chars: int  # larger requests are refused with HTTP 400
 
 
 def bad_request(message: str) -> MlflowException:

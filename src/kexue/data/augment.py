@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from kexue.data.images import resize
+from kexue.data.image_tensors import resize
 
 PREVIEW_LABEL_WIDTH = 96  # pixels left of each preview row for its name
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-PARAMETERS = ("r1", "r2", "a1", "a2", "inv_n1", "inv_n2")  # inv_n = 1/N
+from kexue.datasets.ode import PARAMETERS
+
 METHODS = ("euler", "rk4")
 
 

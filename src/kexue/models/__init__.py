@@ -1,14 +1,10 @@
 """One module per model. The stage scripts in stages/ call the same names in each:
 
     Config                                   dataclass of the model's params.yaml block
+                                             (kexue.datasets.<name> defines it beside the
+                                             data preparation; dogs, here)
     MODEL_FILE, SCORE, DESCRIPTION           trained file name; metric that picks the
                                              registry's champion; registered model text
-    prepare(config, corpora, out_dir)        raw data -> fixed train / validation / test
-                                             files, split and de-overlapped by kexue.splits
-    inputs(config, corpora)                  (optional) what prepare reads when params, not
-                                             the corpora, name it; recorded with each input's
-                                             sha256 in the prepared folder's sources.json
-    build_vocab(config, data_dir)            -> text.vocab.Vocabulary of the train split
     train(config, runtime, data_dir, vocab_file, model_dir, curves_file) -> summary dict:
                                              fits on train, stops early on validation; the
                                              validation figures that chose (best_epoch, ...)

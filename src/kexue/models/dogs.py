@@ -32,7 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from kexue import io, serving, splits, stats, training
-from kexue.data import images
+from kexue.data import image_tensors, images
 from kexue.data.augment import AugmentConfig, augmented_batches
 from kexue.data.images import ImageDataConfig
 from kexue.errors import DataError, IncompatibleDataError, ParamsError
@@ -254,16 +254,16 @@ def with_targets(inputs: dict, labels):
 def training_batches(
     config: Config, paths: list[str], labels: np.ndarray, seed: int, batch: int
 ) -> tf.data.Dataset:
-    files = images.image_files(paths, labels)
+    files = image_tensors.image_files(paths, labels)
     shape = images.shared_shape(paths)  # digits of one size: augmented at it (data/augment.py)
 
     def shuffled(dataset):
         return dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     if config.train.cache_decoded:  # decode once, at the images' own size
-        originals = shuffled(images.decoded_images(files, shape=shape).cache())
+        originals = shuffled(image_tensors.decoded_images(files, shape=shape).cache())
     else:  # shuffle file names: a buffer of every decoded photo would not fit in memory
-        originals = images.decoded_images(shuffled(files), shape=shape)
+        originals = image_tensors.decoded_images(shuffled(files), shape=shape)
     return (
         augmented_batches(originals, config.augment, config.model.image_size, batch, seed)
         .map(lambda x, y: with_targets({"image": x}, tf.cast(y, tf.int32)))
@@ -272,7 +272,7 @@ def training_batches(
 
 
 def plain_batches(paths: list[str], labels: np.ndarray, size: int, batch: int):
-    decoded = images.decoded_images(images.image_files(paths, labels), size)
+    decoded = image_tensors.decoded_images(image_tensors.image_files(paths, labels), size)
     return decoded.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -562,14 +562,14 @@ class ImagePyfunc(mlflow.pyfunc.PythonModel):
         """One cell -> float32 (size, size, 3) in 0..255; a 400 for what is not an image."""
         encoded = serving.image_bytes(value, row)
         # Checked before decoding: a small file may hold a huge image.
-        height, width = images.encoded_shape(encoded) or (0, 0)
+        height, width = image_tensors.encoded_shape(encoded) or (0, 0)
         if height * width > self.settings["max_pixels"]:
             raise serving.bad_request(
                 f"row {row}: 'image' is {width} x {height} pixels; "
                 f"the limit is {self.settings['max_pixels']} pixels"
             )
         try:
-            return images.decode_resize(encoded, self.settings["image_size"]).numpy()
+            return image_tensors.decode_resize(encoded, self.settings["image_size"]).numpy()
         except tf.errors.InvalidArgumentError:
             raise serving.bad_request(
                 f"row {row}: 'image' is not a readable PNG or JPEG image"
