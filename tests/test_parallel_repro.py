@@ -3,6 +3,7 @@ several writing processes, and two cheap branches (crf, ode) of the tiny project
 checked against what a serial `dvc repro` leaves: nothing to rerun, every model registered
 once, every stage's MLflow run there."""
 
+import io
 import json
 import os
 import sqlite3
@@ -12,7 +13,7 @@ import sys
 import mlflow
 import pytest
 from conftest import REPO
-from dvc_project import CRF_BRANCH, TINY_CRF, make_project, mlflow_runs, run, set_params
+from dvc_project import CRF_BRANCH, ENV, TINY_CRF, make_project, mlflow_runs, run, set_params
 
 from kexue import models, parallel_repro, tracking
 from kexue.errors import ParamsError
@@ -155,3 +156,27 @@ def test_a_failing_branch_is_named_with_its_log_and_the_others_finish(repo):
         "kexue: 1 of 2 branches failed: export_ode (see .kexue/repro/export_ode.log)"
     )
     assert "data/missing.csv" in (repo / ".kexue" / "repro" / "export_ode.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_branch_leaves_alone_the_shared_stages_another_branch_reads(repo):
+    from dvc.fs import LocalFileSystem
+    from dvc.rwlock import rwlock
+
+    run(repo, "dvc", "repro", "export_crf")  # built by the test above, or here
+    runner = parallel_repro.Runner(repo, ENV)
+
+    def branch(stages: list[str]) -> list[parallel_repro.Outcome]:
+        times = {"branches": {}}
+        return parallel_repro._run_branches(
+            runner, {"export_crf": stages}, 1, {}, times, io.StringIO()
+        )
+
+    # Another branch's stage is reading prepare_crf's output, as a shared stage's is read.
+    reading = [str(repo / "data" / "prepared" / "crf")]
+    with rwlock(repo / ".dvc" / "tmp", LocalFileSystem(), "a stage", reading, [], False):
+        # Visiting prepare_crf, even to find it unchanged, locks its output: refused at once.
+        (refused,) = branch(CRF_BRANCH)
+        assert "is busy" in (repo / refused.log).read_text()
+        # Its own stages only, as `kexue repro` runs a branch: nothing to do, and done.
+        assert branch(CRF_BRANCH[1:]) == []
