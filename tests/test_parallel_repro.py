@@ -1,7 +1,8 @@
 """`kexue repro --jobs N`: the plan it makes of dvc.yaml, the tracking store's safety under
 several writing processes, and two cheap branches (crf, ode) of the tiny project side by side,
 checked against what a serial `dvc repro` leaves: nothing to rerun, every model registered
-once, every stage's MLflow run there."""
+once, every stage's MLflow run there. The ode branch is the default route's (observations
+generated from the post's model): its figures, and what makes it stale, are checked here."""
 
 import io
 import json
@@ -13,7 +14,17 @@ import sys
 import mlflow
 import pytest
 from conftest import REPO
-from dvc_project import CRF_BRANCH, ENV, TINY_CRF, make_project, mlflow_runs, run, set_params
+from dvc_project import (
+    CRF_BRANCH,
+    ENV,
+    TINY_CRF,
+    downstream,
+    make_project,
+    mlflow_runs,
+    run,
+    set_params,
+    stale,
+)
 
 from kexue import models, parallel_repro, tracking
 from kexue.errors import ParamsError
@@ -141,6 +152,20 @@ def test_two_branches_side_by_side_leave_what_a_serial_repro_would(repo):
     assert "export_ode" in (repo / ".kexue" / "repro" / "export_ode.log").read_text()
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "built")
+
+
+@pytest.mark.slow
+def test_the_ode_branch_has_its_figures_and_noise_makes_it_stale(repo):
+    metrics = json.loads((repo / "metrics" / "ode.json").read_text())
+    assert {"extrapolation_r2", "extrapolation_r2_vs_scipy_low", "max_param_error"} <= set(metrics)
+    assert metrics["test_overlap"] == 0
+    # Noisy observations are new data: the generating stage is stale, everything after it
+    # follows (the ode recipe in test_recipes.py reruns a branch on replaced data).
+    before, params = stale(repo), (repo / "params.yaml").read_bytes()
+    set_params(repo, {"ode.data.noise": 0.01})
+    assert stale(repo) - before == {"prepare_ode"}
+    assert downstream(repo, "export_ode", {"prepare_ode"}) == set(ODE_BRANCH)
+    (repo / "params.yaml").write_bytes(params)
 
 
 @pytest.mark.slow

@@ -194,25 +194,3 @@ def test_missing_corpus_fails_with_one_line_naming_the_file(repo, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "error: data/user/missing.txt: file not found"
     assert not (tmp_path / "out").exists()
-
-
-ODE_BRANCH = ["prepare_ode", "train_ode", "evaluate_ode", "export_ode"]
-
-
-def test_ode_branch_builds_registers_and_noise_makes_it_stale(repo):
-    set_params(repo, {"ode.train.epochs": 1, "ode.train.steps_per_epoch": 20})
-    built = run(repo, "dvc", "repro", "export_ode")
-    assert stages_run(built.stdout) == ODE_BRANCH
-    metrics = yaml.safe_load((repo / "metrics" / "ode.json").read_text())
-    assert {"extrapolation_r2", "extrapolation_r2_vs_scipy_low", "max_param_error"} <= set(metrics)
-    assert metrics["test_overlap"] == 0
-    assert [name for name, _ in mlflow_runs(repo)][-3:] == ODE_BRANCH[1:]
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "ode")
-
-    # Noisy observations are new data: the generating stage is stale, everything after it
-    # follows (the ode recipe in test_recipes.py reruns a branch on replaced data).
-    before = stale(repo)
-    set_params(repo, {"ode.data.noise": 0.01})
-    assert stale(repo) - before == {"prepare_ode"}
-    assert downstream(repo, "export_ode", {"prepare_ode"}) == set(ODE_BRANCH)
