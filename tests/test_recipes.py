@@ -319,7 +319,7 @@ def chosen_by_the_rule(recipe: Recipe, tags: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[recipe.model for recipe in RECIPES])
-def test_recipe_builds_registers_and_replaced_data_makes_the_branch_stale(recipe, tmp_path):
+def test_recipe_builds_registers_and_rebuilds_the_branch_on_replaced_data(recipe, tmp_path):
     name = f"kexue-{recipe.model}"
     repo = make_project(tmp_path / "project", recipe.tiny, corpus_lines=0)
     if recipe.unread_fetches:
